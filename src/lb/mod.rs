@@ -1,0 +1,244 @@
+//! `roster lb`: the Pingora proxy, the registry behind it, and the control
+//! API, in one pingora `Server`.
+//!
+//! Pingora owns the runtimes: the proxy is a pingora service, and the
+//! control API, the routable-set publisher and the lease sweeper run as one
+//! pingora `BackgroundService`.
+
+pub mod api;
+pub mod proxy;
+pub mod select;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownWatch};
+use pingora::services::background::{BackgroundService, background_service};
+use tokio::sync::Semaphore;
+
+use crate::Error;
+use crate::config::Config;
+use crate::health::{Checker, HealthLoop};
+use crate::protocol::BackendState;
+use crate::registry::{Policy, Registry, Thresholds};
+use crate::telemetry::LbMetrics;
+use select::Selector;
+
+/// Everything the LB shares between the proxy, the API and background tasks.
+pub struct State {
+    pub config: Config,
+    pub registry: Arc<Registry>,
+    pub selector: Selector,
+    pub metrics: Arc<LbMetrics>,
+    pub health: Arc<HealthLoop>,
+    /// Set on SIGTERM: `/readyz` answers 503 from then on.
+    pub shutting_down: AtomicBool,
+    /// Requests the proxy holds right now.
+    pub active_requests: AtomicU64,
+}
+
+impl State {
+    /// Build the state from a validated config.
+    pub fn new(config: Config) -> Result<Arc<Self>, Error> {
+        let networks = config.registration.networks()?;
+        let policy = Policy {
+            allowed_networks: networks,
+            max_backends: config.registration.max_backends,
+            lease_ttl: config.registration.lease_ttl,
+        };
+        let hc = &config.health_check;
+        let thresholds = Thresholds {
+            unhealthy: hc.unhealthy_threshold,
+            healthy: hc.healthy_threshold,
+        };
+        let registry = Arc::new(Registry::new(
+            policy,
+            thresholds,
+            config.lb.warmup,
+            hc.interval * 2,
+        ));
+        let metrics = Arc::new(LbMetrics::new());
+        let health = Arc::new(HealthLoop {
+            registry: Arc::clone(&registry),
+            checker: Checker::new(&hc.path, hc.timeout)?,
+            interval: hc.interval,
+            permits: Arc::new(Semaphore::new(hc.concurrency)),
+            metrics: Arc::clone(&metrics),
+        });
+        let selector = Selector::new(config.lb.algorithm, Arc::clone(&registry));
+        Ok(Arc::new(Self {
+            config,
+            registry,
+            selector,
+            metrics,
+            health,
+            shutting_down: AtomicBool::new(false),
+            active_requests: AtomicU64::new(0),
+        }))
+    }
+
+    /// Update the gauges that are derived from the registry at scrape time.
+    pub fn refresh_gauges(&self) {
+        let counts = self.registry.counts();
+        for s in BackendState::ALL {
+            let n = counts.get(&s).copied().unwrap_or(0);
+            self.metrics
+                .backends
+                .with_label_values(&[s.as_str()])
+                .set(n as i64);
+        }
+        let routable = self.registry.routable();
+        self.metrics.routable.set(routable.addresses.len() as i64);
+        self.metrics.digest.set(i64::from(routable.digest));
+    }
+
+    /// Republish the routable set whenever it changes and rebuild the
+    /// selector. Bursts of changes coalesce into one rebuild.
+    pub async fn publish_loop(self: Arc<Self>) {
+        loop {
+            let r = self.registry.publish();
+            if let Err(e) = self.selector.update().await {
+                tracing::error!(error = %e, "selector update failed");
+            }
+            tracing::debug!(routable = r.addresses.len(), "routable set published");
+            self.registry.wait_dirty().await;
+        }
+    }
+
+    /// Drop entries whose lease ran out.
+    pub async fn sweep_loop(self: Arc<Self>) {
+        let period = (self.config.registration.lease_ttl / 10)
+            .clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for id in self.registry.expire(Instant::now()) {
+                tracing::warn!(%id, "lease expired: removed");
+                self.metrics
+                    .deregistrations
+                    .with_label_values(&["expired"])
+                    .inc();
+            }
+        }
+    }
+}
+
+/// The control plane as one pingora background service.
+struct Control {
+    state: Arc<State>,
+    /// Bound before the server starts so a busy port fails `roster lb` at once.
+    listener: Mutex<Option<std::net::TcpListener>>,
+}
+
+#[async_trait]
+impl BackgroundService for Control {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let st = Arc::clone(&self.state);
+        tokio::spawn(Arc::clone(&st).publish_loop());
+        tokio::spawn(Arc::clone(&st).sweep_loop());
+        let Some(listener) = self.listener.lock().take() else {
+            return;
+        };
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "control listener");
+                std::process::exit(1);
+            }
+        };
+        let app = api::router(Arc::clone(&st));
+        let serve = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        );
+        // The API keeps answering through the grace period (readyz says 503)
+        // and stops with the runtime.
+        let drain = async move {
+            let _ = shutdown.changed().await;
+            st.shutting_down.store(true, Ordering::Relaxed);
+            tracing::info!("SIGTERM: draining in-flight requests");
+            let grace = st.config.lb.grace_period;
+            let deadline = Instant::now() + grace;
+            // pingora sleeps the whole grace period; end sooner once idle.
+            while Instant::now() < deadline {
+                if st.active_requests.load(Ordering::Relaxed) == 0 {
+                    tracing::info!("no request in flight: exiting");
+                    std::process::exit(0);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            r = serve => if let Err(e) = r { tracing::error!(error = %e, "control API stopped") },
+            _ = drain => {}
+        }
+    }
+}
+
+/// Bind a std listener for a tokio server started later.
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
+    let l = std::net::TcpListener::bind(addr).map_err(|source| Error::Bind { addr, source })?;
+    l.set_nonblocking(true)
+        .map_err(|source| Error::Bind { addr, source })?;
+    Ok(l)
+}
+
+/// Run `roster lb` until SIGTERM (graceful) or SIGINT (fast). Blocks.
+pub fn run(config: Config) -> Result<(), Error> {
+    raise_fd_limit();
+    let control_listener = bind(config.lb.control_listen)?;
+    // Fail fast when the proxy port is taken too (pingora would panic later).
+    drop(bind(config.lb.listen)?);
+    let state = State::new(config)?;
+    let lb = &state.config.lb;
+    let threads = lb
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(lb.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut proxy = pingora::proxy::http_proxy_service(
+        &server.configuration,
+        proxy::Proxy {
+            state: Arc::clone(&state),
+        },
+    );
+    proxy.add_tcp(&lb.listen.to_string());
+    let control = background_service(
+        "control",
+        Control {
+            state: Arc::clone(&state),
+            listener: Mutex::new(Some(control_listener)),
+        },
+    );
+    tracing::info!(
+        proxy = %lb.listen,
+        control = %lb.control_listen,
+        algorithm = ?lb.algorithm,
+        threads,
+        "roster lb starting"
+    );
+    server.add_service(proxy);
+    server.add_service(control);
+    server.run(RunArgs::default());
+    Ok(())
+}
+
+/// Each backend may hold a pooled check connection and proxied ones.
+fn raise_fd_limit() {
+    if let Err(e) = rlimit::increase_nofile_limit(1 << 20) {
+        tracing::warn!(error = %e, "could not raise the open-file limit");
+    }
+}

@@ -1,0 +1,213 @@
+//! The Pingora proxy: pick a routable backend, forward, count.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::RequestHeader;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use super::State;
+use crate::registry::Upstream;
+use crate::telemetry::code_class;
+
+/// Candidates visited per pick; bounds ketama's walk and retries' skips.
+const MAX_ITERATIONS: usize = 256;
+
+/// The proxy service.
+pub struct Proxy {
+    pub state: Arc<State>,
+}
+
+/// Counts a request in flight to one backend for as long as it lives.
+struct InFlight(Arc<Upstream>);
+
+impl InFlight {
+    fn new(u: Arc<Upstream>) -> Self {
+        u.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(u)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts every request the proxy holds, so shutdown can end early.
+struct Active(Arc<State>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active_requests.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Per-request context.
+pub struct Ctx {
+    _active: Active,
+    started: Instant,
+    upstream: Option<InFlight>,
+    tried: Vec<SocketAddr>,
+    /// Why the request got no backend (answered with a body in `fail_to_proxy`).
+    no_backend: Option<&'static str>,
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        self.state.active_requests.fetch_add(1, Ordering::Relaxed);
+        Ctx {
+            _active: Active(Arc::clone(&self.state)),
+            started: Instant::now(),
+            upstream: None,
+            tried: Vec::new(),
+            no_backend: None,
+        }
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let routable = self.state.registry.routable();
+        let selector = &self.state.selector;
+        let key: Vec<u8> = if selector.uses_key() {
+            hash_key(session, &self.state.config.lb.hash_header)
+        } else {
+            Vec::new()
+        };
+        let picked = selector.select_with(&key, MAX_ITERATIONS, |b, _| {
+            // The selector may lag the published set by one rebuild.
+            b.addr
+                .as_inet()
+                .is_some_and(|a| routable.upstreams.contains_key(a) && !ctx.tried.contains(a))
+        });
+        let Some(addr) = picked.and_then(|b| b.addr.as_inet().copied()) else {
+            let (code, why) = if ctx.tried.is_empty() {
+                (503, "no backend available")
+            } else {
+                (502, "no backend could be reached")
+            };
+            ctx.no_backend = Some(why);
+            return Err(Error::explain(ErrorType::HTTPStatus(code), why));
+        };
+        let upstream = routable
+            .upstreams
+            .get(&addr)
+            .cloned()
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "backend just left"))?;
+        ctx.tried.push(addr);
+        ctx.upstream = Some(InFlight::new(upstream));
+
+        let lb = &self.state.config.lb;
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(lb.connect_timeout);
+        peer.options.total_connection_timeout = Some(lb.connect_timeout);
+        peer.options.read_timeout = Some(lb.read_timeout);
+        peer.options.write_timeout = Some(lb.read_timeout);
+        peer.options.idle_timeout = Some(lb.idle_timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        // The client's Host passes through unchanged, as from any reverse
+        // proxy; the client's address is appended to X-Forwarded-For.
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
+            let xff = match req
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+                _ => ip.to_string(),
+            };
+            req.insert_header("x-forwarded-for", xff)?;
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        self.state.metrics.connect_failures.inc();
+        // Nothing reached the backend: another one can take the request.
+        if ctx.tried.len() <= self.state.config.lb.retries {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if let (Some(why), ErrorType::HTTPStatus(code)) = (ctx.no_backend, e.etype()) {
+            if *code == 503 {
+                self.state.metrics.no_backend.inc();
+            }
+            let body = Bytes::from(format!("{why}\n"));
+            let _ = session.respond_error_with_body(*code, body).await;
+            return FailToProxy {
+                error_code: *code,
+                can_reuse_downstream: true,
+            };
+        }
+        // pingora's default mapping.
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 {
+            let _ = session.respond_error(code).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let class = code_class(status);
+        let m = &self.state.metrics;
+        let backend = ctx.upstream.as_ref().map_or("none", |u| u.0.label.as_str());
+        m.requests.with_label_values(&[backend, class]).inc();
+        m.duration
+            .with_label_values(&[class])
+            .observe(ctx.started.elapsed().as_secs_f64());
+    }
+}
+
+/// The consistent-hash key: the configured header, else the client IP.
+fn hash_key(session: &Session, header: &str) -> Vec<u8> {
+    if let Some(v) = session.req_header().headers.get(header) {
+        return v.as_bytes().to_vec();
+    }
+    match session.client_addr().and_then(|a| a.as_inet()) {
+        Some(a) => a.ip().to_string().into_bytes(),
+        None => Vec::new(),
+    }
+}

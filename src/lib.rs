@@ -1,0 +1,39 @@
+//! roster: dead-simple service discovery for the Pingora proxy.
+//!
+//! Backends announce themselves to load balancers and serve a vitals port;
+//! the LB keeps an in-memory registry, checks each backend's vitals, and
+//! proxies only to backends that are alive and ready. The wire protocol is
+//! in [`protocol`]; the binary's subcommands are thin wrappers over the
+//! modules below.
+#![forbid(unsafe_code)]
+
+/// The YAML file, flags and env vars, merged.
+pub mod config;
+/// Vitals health checks, one task per backend.
+pub mod health;
+/// `roster lb`: pingora proxy, selection, control API.
+pub mod lb;
+/// Wire types: registration, vitals, registry view.
+pub mod protocol;
+/// Entries, leases, states and the published routable set.
+pub mod registry;
+/// `roster status`: the registry as a table.
+pub mod status;
+/// Logging and the LB's Prometheus metrics.
+pub mod telemetry;
+
+/// Library errors; the binary adds context with `anyhow`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("http: {0}")]
+    Http(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}

@@ -1,0 +1,151 @@
+//! Wire types shared by the LB, the agent and the tests: the registration
+//! request and answer, the vitals document, and the registry view.
+//!
+//! Field names and JSON types are fixed by SPEC.md; change nothing here
+//! without changing the spec.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// `POST /register` body. Unknown fields are ignored so newer agents can
+/// talk to older LBs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Registration {
+    /// Stable backend identity (pod name); 1–253 chars of `[A-Za-z0-9._-]`.
+    pub id: String,
+    /// `IP:port` traffic is sent to (`[v6]:port` for IPv6).
+    pub address: String,
+    /// Port of the vitals server on the same host as `address`.
+    pub metrics_port: u16,
+    /// Relative share of traffic, 1–100.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Maximum accepted `weight`: pingora's weighted selectors expand each
+/// backend `weight` times, so the cap bounds selector size at 10,000 backends.
+pub const MAX_WEIGHT: u32 = 100;
+
+/// The answer to `POST /register`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct RegisterResponse {
+    pub id: String,
+    pub address: String,
+    pub metrics_port: u16,
+    pub weight: u32,
+    pub state: BackendState,
+    /// Seconds until the lease expires unless renewed.
+    pub lease_ttl_seconds: u64,
+    /// When the agent should announce next; the LB spreads a fleet's heartbeats.
+    pub next_announce_seconds: u64,
+}
+
+/// Where a registered backend stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendState {
+    /// Passes its checks and receives traffic.
+    Healthy,
+    /// Failed `unhealthy_threshold` checks in a row, or not checked yet.
+    Unhealthy,
+    /// Its vitals say `"ready": false`.
+    NotReady,
+    /// Deregistering; never receives new traffic.
+    Draining,
+}
+
+impl BackendState {
+    /// Label value used in metrics and the status table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::Unhealthy => "unhealthy",
+            Self::NotReady => "not_ready",
+            Self::Draining => "draining",
+        }
+    }
+
+    /// Every state, for metrics that report zero counts too.
+    pub const ALL: [BackendState; 4] = [
+        Self::Healthy,
+        Self::Unhealthy,
+        Self::NotReady,
+        Self::Draining,
+    ];
+}
+
+/// The JSON vitals served on `GET /metrics` by every backend's vitals port.
+///
+/// Only `ready` is required when the LB reads vitals: a backend written in
+/// another language may serve `{"ready": true}` and nothing else.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Vitals {
+    pub ready: bool,
+    #[serde(default)]
+    pub requests_in_progress: u32,
+    #[serde(default)]
+    pub cpu_usage: f64,
+    #[serde(default)]
+    pub memory_usage: f64,
+    #[serde(default)]
+    pub gpu_usage: f64,
+    #[serde(default)]
+    pub failed_responses: u64,
+    #[serde(default)]
+    pub connected_peers: u32,
+    #[serde(default)]
+    pub backoff_requests: u32,
+    #[serde(default)]
+    pub uptime_seconds: u64,
+    #[serde(default)]
+    pub version: String,
+    /// The backend's id; when present the LB refuses a mismatch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+/// One entry of `GET /registry`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct EntryView {
+    pub id: String,
+    pub address: String,
+    pub metrics_port: u16,
+    pub weight: u32,
+    pub state: BackendState,
+    /// Whether traffic is routed to it right now.
+    pub routable: bool,
+    /// Passively ejected after failures seen on live traffic, with the reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ejected: Option<String>,
+    /// RFC 3339 time of the last finished check.
+    pub last_check: Option<String>,
+    /// Why the last check failed.
+    pub last_error: Option<String>,
+    /// Seconds until the lease expires.
+    pub lease_expires_in_seconds: u64,
+    /// Requests the LB has in flight to this backend now.
+    pub in_flight: u64,
+    pub vitals: Option<Vitals>,
+}
+
+/// `GET /registry`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct RegistryView {
+    /// Hex digest of the routable address set; equal on LB replicas that agree.
+    pub digest: String,
+    /// True when too few backends are healthy and the LB routes to all
+    /// registered, ready, non-draining backends.
+    #[serde(default)]
+    pub panic: bool,
+    pub backends: Vec<EntryView>,
+}
+
+/// Every 4xx body: `{"error": "..."}`, naming the bad field.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorBody {
+    pub error: String,
+}

@@ -1,0 +1,188 @@
+//! Logging (tracing) and the LB's Prometheus metrics, `roster_lb_*`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::protocol::BackendState;
+
+/// Install the global tracing subscriber: `RUST_LOG` filter, default `info`.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Every metric the LB exports.
+pub struct LbMetrics {
+    pub registry: Registry,
+    /// `roster_lb_backends{state}`: registered backends per state.
+    pub backends: IntGaugeVec,
+    /// `roster_lb_routable_backends`: backends traffic is sent to now.
+    pub routable: IntGauge,
+    /// `roster_lb_routable_digest`: the `/registry` digest as a number.
+    pub digest: IntGauge,
+    /// `roster_lb_requests_total{backend,code_class}`.
+    pub requests: IntCounterVec,
+    /// `roster_lb_request_duration_seconds{code_class}`.
+    pub duration: HistogramVec,
+    /// `roster_lb_no_backend_total`: requests answered 503 for lack of a backend.
+    pub no_backend: IntCounter,
+    /// `roster_lb_upstream_connect_failures_total`.
+    pub connect_failures: IntCounter,
+    /// `roster_lb_health_checks_total{result}`.
+    pub health_checks: IntCounterVec,
+    /// `roster_lb_health_check_round_seconds`: time of one check.
+    pub check_duration: Histogram,
+    /// `roster_lb_registrations_total{result}`.
+    pub registrations: IntCounterVec,
+    /// `roster_lb_deregistrations_total{reason}`: deleted or expired.
+    pub deregistrations: IntCounterVec,
+}
+
+impl LbMetrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let backends = IntGaugeVec::new(
+            Opts::new("roster_lb_backends", "Registered backends by state"),
+            &["state"],
+        )
+        .expect("metric");
+        let routable = IntGauge::new(
+            "roster_lb_routable_backends",
+            "Backends that traffic is routed to now",
+        )
+        .expect("metric");
+        let digest = IntGauge::new(
+            "roster_lb_routable_digest",
+            "32-bit digest of the routable address set; equal on replicas that agree",
+        )
+        .expect("metric");
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "roster_lb_requests_total",
+                "Proxied requests by backend and status class",
+            ),
+            &["backend", "code_class"],
+        )
+        .expect("metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "roster_lb_request_duration_seconds",
+                "Time from request to the end of the response, by status class",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["code_class"],
+        )
+        .expect("metric");
+        let no_backend = IntCounter::new(
+            "roster_lb_no_backend_total",
+            "Requests answered 503 because no backend was available",
+        )
+        .expect("metric");
+        let connect_failures = IntCounter::new(
+            "roster_lb_upstream_connect_failures_total",
+            "Failed connection attempts to backends",
+        )
+        .expect("metric");
+        let health_checks = IntCounterVec::new(
+            Opts::new("roster_lb_health_checks_total", "Vitals checks by result"),
+            &["result"],
+        )
+        .expect("metric");
+        let check_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "roster_lb_health_check_duration_seconds",
+                "Time of one vitals check",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0]),
+        )
+        .expect("metric");
+        let registrations = IntCounterVec::new(
+            Opts::new(
+                "roster_lb_registrations_total",
+                "POST /register answers by result",
+            ),
+            &["result"],
+        )
+        .expect("metric");
+        let deregistrations = IntCounterVec::new(
+            Opts::new(
+                "roster_lb_deregistrations_total",
+                "Entries removed, by reason (deleted, expired)",
+            ),
+            &["reason"],
+        )
+        .expect("metric");
+        for c in [
+            Box::new(backends.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(routable.clone()),
+            Box::new(digest.clone()),
+            Box::new(requests.clone()),
+            Box::new(duration.clone()),
+            Box::new(no_backend.clone()),
+            Box::new(connect_failures.clone()),
+            Box::new(health_checks.clone()),
+            Box::new(check_duration.clone()),
+            Box::new(registrations.clone()),
+            Box::new(deregistrations.clone()),
+        ] {
+            registry.register(c).expect("unique metric names");
+        }
+        for s in BackendState::ALL {
+            backends.with_label_values(&[s.as_str()]).set(0);
+        }
+        Self {
+            registry,
+            backends,
+            routable,
+            digest,
+            requests,
+            duration,
+            no_backend,
+            connect_failures,
+            health_checks,
+            check_duration,
+            registrations,
+            deregistrations,
+        }
+    }
+
+    /// Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        encode(&self.registry)
+    }
+}
+
+impl Default for LbMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Encode a registry as Prometheus text.
+pub fn encode(registry: &Registry) -> String {
+    let mut buf = Vec::new();
+    // Encoding into a Vec cannot fail for well-formed families.
+    let _ = TextEncoder::new().encode(&registry.gather(), &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+/// `2xx`, `4xx`... for a status code; `error` when no response was sent.
+pub fn code_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "error",
+    }
+}

@@ -1,0 +1,358 @@
+//! Shared helpers for integration tests: the real `roster` binary as a child
+//! process, and in-process fake backends (app + vitals) that can be killed
+//! for real (listener and every open connection closed).
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::get;
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_roster");
+
+/// A free port on `ip` (bound then released; tests use distinct IPs to
+/// keep the window for collisions tiny).
+pub fn free_addr(ip: &str) -> SocketAddr {
+    let l = TcpListener::bind((ip, 0)).expect("bind port 0");
+    l.local_addr().expect("local addr")
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env_remove("ROSTER_CONFIG")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn roster");
+        Self {
+            child,
+            name: name.into(),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Send a signal (TERM, INT...) with `kill`.
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status();
+    }
+
+    /// Wait for exit up to `limit`; None if still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `roster lb` with its addresses.
+pub struct Lb {
+    pub proc: Proc,
+    pub proxy: SocketAddr,
+    pub control: SocketAddr,
+}
+
+impl Lb {
+    /// Start an LB on `ip` that allows loopback backends, with fast checks.
+    pub async fn start(ip: &str, extra: &[&str]) -> Self {
+        let proxy = free_addr(ip);
+        let control = free_addr(ip);
+        let (p, c) = (proxy.to_string(), control.to_string());
+        let defaults: [(&str, &str); 8] = [
+            ("--listen", &p),
+            ("--control-listen", &c),
+            ("--threads", "2"),
+            ("--allowed-networks", "127.0.0.0/8"),
+            ("--health-interval", "300ms"),
+            ("--health-timeout", "250ms"),
+            ("--grace-period", "5s"),
+            ("--warmup", "0s"),
+        ];
+        let mut args = vec!["lb"];
+        // `extra` overrides a default flag of the same name.
+        for (flag, value) in defaults {
+            if !extra.contains(&flag) {
+                args.extend([flag, value]);
+            }
+        }
+        args.extend_from_slice(extra);
+        let proc = Proc::spawn("lb", &args, &[]);
+        let lb = Self {
+            proc,
+            proxy,
+            control,
+        };
+        lb.wait_up().await;
+        lb
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.control, path)
+    }
+
+    pub fn proxy_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.proxy, path)
+    }
+
+    /// Wait for the control API and the proxy port to answer.
+    pub async fn wait_up(&self) {
+        let c = client();
+        wait_for(Duration::from_secs(20), "lb up", || async {
+            c.get(self.url("/healthz")).send().await.is_ok()
+                && tokio::net::TcpStream::connect(self.proxy).await.is_ok()
+        })
+        .await;
+    }
+
+    pub async fn register(&self, id: &str, address: SocketAddr, metrics_port: u16) -> u16 {
+        client()
+            .post(self.url("/register"))
+            .json(&json!({"id": id, "address": address.to_string(), "metrics_port": metrics_port}))
+            .send()
+            .await
+            .expect("register")
+            .status()
+            .as_u16()
+    }
+
+    pub async fn backends(&self) -> Vec<String> {
+        client()
+            .get(self.url("/backends"))
+            .send()
+            .await
+            .expect("backends")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    pub async fn registry(&self) -> Value {
+        client()
+            .get(self.url("/registry"))
+            .send()
+            .await
+            .expect("registry")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    /// Wait until `/backends` has exactly these addresses (any order).
+    pub async fn wait_backends(&self, want: &[SocketAddr], limit: Duration) {
+        let mut want: Vec<String> = want.iter().map(ToString::to_string).collect();
+        want.sort();
+        wait_for(limit, &format!("backends == {want:?}"), || async {
+            let mut got = self.backends().await;
+            got.sort();
+            got == want
+        })
+        .await;
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .no_proxy()
+        .build()
+        .expect("client")
+}
+
+/// Poll `f` every 50ms until true; panic after `limit`.
+pub async fn wait_for<F, Fut>(limit: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An HTTP server whose listener *and* open connections die on `kill()`.
+pub struct Server {
+    pub addr: SocketAddr,
+    tasks: Mutex<Option<JoinSet<()>>>,
+}
+
+impl Server {
+    pub async fn start(addr: SocketAddr, router: Router) -> Arc<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut set = JoinSet::new();
+        set.spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let svc = router.clone();
+                conns.spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let mut svc = svc.clone();
+                        async move {
+                            use tower::Service;
+                            Ok::<_, Infallible>(svc.call(req).await.expect("infallible"))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+                // Reap finished connections so the set does not grow.
+                while conns.try_join_next().is_some() {}
+            }
+        });
+        Arc::new(Self {
+            addr,
+            tasks: Mutex::new(Some(set)),
+        })
+    }
+
+    /// Close the listener and every connection now.
+    pub fn kill(&self) {
+        if let Some(mut set) = self.tasks.lock().take() {
+            set.abort_all();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A fake backend: an app answering with its id, and a vitals server whose
+/// answer the test controls.
+pub struct Backend {
+    pub id: String,
+    pub app: Arc<Server>,
+    pub vitals: Arc<Server>,
+    pub ready: Arc<AtomicBool>,
+    /// Status the vitals answer with (200 normally).
+    pub vitals_status: Arc<AtomicU64>,
+    /// The id the vitals claim (defaults to `id`).
+    pub vitals_id: Arc<Mutex<String>>,
+    pub hits: Arc<AtomicU64>,
+}
+
+impl Backend {
+    pub async fn start(id: &str, ip: &str) -> Self {
+        let ready = Arc::new(AtomicBool::new(true));
+        let vitals_status = Arc::new(AtomicU64::new(200));
+        let vitals_id = Arc::new(Mutex::new(id.to_string()));
+        let hits = Arc::new(AtomicU64::new(0));
+        let app = {
+            let id = id.to_string();
+            let hits = Arc::clone(&hits);
+            Router::new().fallback(move |req: axum::extract::Request| {
+                let id = id.clone();
+                hits.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    let xff = req
+                        .headers()
+                        .get("x-forwarded-for")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    axum::Json(json!({"id": id, "path": req.uri().path(), "xff": xff}))
+                }
+            })
+        };
+        let vitals = {
+            let (ready, st, vid) = (
+                Arc::clone(&ready),
+                Arc::clone(&vitals_status),
+                Arc::clone(&vitals_id),
+            );
+            Router::new().route(
+                "/metrics",
+                get(move || {
+                    let body = json!({
+                        "ready": ready.load(Ordering::Relaxed),
+                        "requests_in_progress": 0, "cpu_usage": 1.5, "memory_usage": 2.5,
+                        "gpu_usage": 0.0, "failed_responses": 0, "connected_peers": 0,
+                        "backoff_requests": 0, "uptime_seconds": 1, "version": "test",
+                        "id": vid.lock().clone(),
+                    });
+                    let status = st.load(Ordering::Relaxed) as u16;
+                    async move {
+                        (
+                            axum::http::StatusCode::from_u16(status).expect("status"),
+                            axum::Json(body),
+                        )
+                    }
+                }),
+            )
+        };
+        Self {
+            id: id.to_string(),
+            app: Server::start(free_addr(ip), app).await,
+            vitals: Server::start(free_addr(ip), vitals).await,
+            ready,
+            vitals_status,
+            vitals_id,
+            hits,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.app.addr
+    }
+
+    pub fn metrics_port(&self) -> u16 {
+        self.vitals.addr.port()
+    }
+
+    pub fn set_ready(&self, r: bool) {
+        self.ready.store(r, Ordering::Relaxed);
+    }
+}
