@@ -204,6 +204,18 @@ pub struct RegistrationConfig {
     pub allowed_networks: Vec<String>,
     /// Registrations beyond this many distinct ids get 429 (≤ 65535).
     pub max_backends: usize,
+    /// Require the token (or a Kubernetes identity) for `/backends`,
+    /// `/registry`, `/telemetry` and the dashboard too.
+    pub protect_reads: bool,
+    /// Validate agents' projected ServiceAccount tokens with a TokenReview
+    /// and accept only the registering pod's own IP.
+    pub kubernetes_auth: bool,
+    /// Audience the ServiceAccount tokens must be issued for.
+    pub token_audience: String,
+    /// Control API requests per second per source IP; 0 = unlimited.
+    pub rate_limit: u32,
+    /// Burst above `rate_limit` a source may send at once.
+    pub rate_limit_burst: u32,
 }
 
 impl Default for RegistrationConfig {
@@ -218,6 +230,11 @@ impl Default for RegistrationConfig {
                 "fd00::/8".into(),
             ],
             max_backends: 10_000,
+            protect_reads: false,
+            kubernetes_auth: false,
+            token_audience: "roster".into(),
+            rate_limit: 50,
+            rate_limit_burst: 100,
         }
     }
 }
@@ -404,6 +421,18 @@ pub struct LbArgs {
     /// Registry size cap (registration.max_backends).
     #[arg(long, env = "ROSTER_MAX_BACKENDS")]
     pub max_backends: Option<usize>,
+    /// Protect reads with the token too (registration.protect_reads).
+    #[arg(long, env = "ROSTER_PROTECT_READS", num_args = 0..=1, default_missing_value = "true")]
+    pub protect_reads: Option<bool>,
+    /// Validate ServiceAccount tokens by TokenReview (registration.kubernetes_auth).
+    #[arg(long, env = "ROSTER_KUBERNETES_AUTH", num_args = 0..=1, default_missing_value = "true")]
+    pub kubernetes_auth: Option<bool>,
+    /// Requests/s per source IP on the control API, 0 = off (registration.rate_limit).
+    #[arg(long, env = "ROSTER_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+    /// Burst per source IP (registration.rate_limit_burst).
+    #[arg(long, env = "ROSTER_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
     /// Print the merged configuration as YAML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -453,6 +482,10 @@ impl LbArgs {
         }
         set!(c.registration.allowed_networks, self.allowed_networks);
         set!(c.registration.max_backends, self.max_backends);
+        set!(c.registration.protect_reads, self.protect_reads);
+        set!(c.registration.kubernetes_auth, self.kubernetes_auth);
+        set!(c.registration.rate_limit, self.rate_limit);
+        set!(c.registration.rate_limit_burst, self.rate_limit_burst);
     }
 }
 

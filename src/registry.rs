@@ -443,6 +443,11 @@ impl Registry {
         }
     }
 
+    /// The traffic address registered for `id`.
+    pub fn address_of(&self, id: &str) -> Option<SocketAddr> {
+        self.entries.read().get(id).map(|e| e.addr)
+    }
+
     /// Remove an entry now. Returns false for an unknown id.
     pub fn deregister(&self, id: &str) -> bool {
         let removed = self.entries.write().remove(id);

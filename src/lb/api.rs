@@ -12,6 +12,7 @@
 //!
 //! Every 4xx carries `{"error": "..."}` naming the field at fault.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -20,8 +21,9 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State as AxState};
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State as AxState};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde::de::DeserializeOwned;
@@ -106,40 +108,87 @@ pub fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> R
 
 /// The control API router; tests drive it without a socket.
 pub fn router(state: Arc<State>) -> Router {
-    Router::new()
-        .route("/register", post(register))
-        .route("/register/{id}", delete(deregister))
+    let reads = Router::new()
         .route("/backends", get(backends))
         .route("/registry", get(registry))
+        .route("/telemetry", get(telemetry))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            protect_reads,
+        ));
+    let limited = Router::new()
+        .route("/register", post(register))
+        .route("/register/{id}", delete(deregister))
+        .merge(reads)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            rate_limit,
+        ));
+    // Probes are never rate limited nor authenticated.
+    Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/telemetry", get(telemetry))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .merge(limited)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
+/// Per-source-IP rate limit: 429 with `Retry-After`.
+async fn rate_limit(AxState(st): AxState<Arc<State>>, req: Request, next: Next) -> Response {
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_canonical());
+    match st.auth.rate_limit(ip) {
+        Ok(()) => next.run(req).await,
+        Err((e, retry_after)) => {
+            st.metrics
+                .registrations
+                .with_label_values(&["rate_limited"])
+                .inc();
+            let mut resp = e.into_response();
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, retry_after.into());
+            resp
+        }
+    }
+}
+
+/// `registration.protect_reads`: reads need a credential too.
+async fn protect_reads(
+    AxState(st): AxState<Arc<State>>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    st.auth.authorize_read(req.headers()).await?;
+    Ok(next.run(req).await)
+}
+
 async fn register(
     AxState(st): AxState<Arc<State>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let m = &st.metrics;
-    let result = (|| {
-        let reg: Registration = parse_json(body).inspect_err(|_| {
-            m.registrations.with_label_values(&["invalid"]).inc();
-        })?;
+    let result = async {
+        // Cheap credential check first, so strangers cannot probe the fence.
+        st.auth.authorize_any(&headers).await?;
+        let reg: Registration = parse_json(body)?;
         let valid = st.registry.policy().validate(&reg)?;
+        st.auth.authorize_write(&headers, valid.addr.ip()).await?;
         Ok::<_, ApiError>(st.registry.register(valid, Instant::now())?)
-    })();
+    }
+    .await;
     let (outcome, resp, target) = result.inspect_err(|e| {
-        if e.status != StatusCode::BAD_REQUEST {
-            let label = match e.status {
-                StatusCode::FORBIDDEN => "forbidden",
-                StatusCode::TOO_MANY_REQUESTS => "full",
-                _ => "invalid",
-            };
-            m.registrations.with_label_values(&[label]).inc();
-        }
+        let label = match e.status {
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::TOO_MANY_REQUESTS => "full",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            _ => "invalid",
+        };
+        m.registrations.with_label_values(&[label]).inc();
     })?;
     if let Some(t) = target {
         st.health.spawn(t);
@@ -157,8 +206,13 @@ async fn register(
 
 async fn deregister(
     AxState(st): AxState<Arc<State>>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    match st.registry.address_of(&id) {
+        Some(addr) => st.auth.authorize_write(&headers, addr.ip()).await?,
+        None => st.auth.authorize_any(&headers).await?,
+    }
     if st.registry.deregister(&id) {
         tracing::info!(%id, "deregistered");
         st.metrics
@@ -206,4 +260,87 @@ async fn telemetry(AxState(st): AxState<Arc<State>>) -> Response {
         st.metrics.render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use axum::body::Body;
+    use proptest::prelude::*;
+    use tower::ServiceExt;
+
+    fn parse(body: &[u8]) -> Result<Registration, ApiError> {
+        parse_json(Ok(Bytes::copy_from_slice(body)))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Any bytes: parsed, or a 400/422 — never a panic.
+        #[test]
+        fn parser_total_on_bytes(body in prop::collection::vec(any::<u8>(), 0..300)) {
+            if let Err(e) = parse(&body) {
+                prop_assert!(e.status == StatusCode::BAD_REQUEST
+                    || e.status == StatusCode::UNPROCESSABLE_ENTITY);
+            }
+        }
+
+        /// Any registration: validated or refused with a 4xx naming a field.
+        #[test]
+        fn validation_total(id in ".{0,300}", address in ".{0,60}", port in any::<u16>(), weight in any::<u32>()) {
+            let policy = crate::registry::Policy {
+                allowed_networks: vec!["0.0.0.0/0".parse().unwrap()],
+                max_backends: 10,
+                lease_ttl: std::time::Duration::from_secs(1),
+            };
+            let reg = Registration { id: id.clone(), address, metrics_port: port, weight };
+            match policy.validate(&reg) {
+                Ok(v) => {
+                    prop_assert!(!v.id.is_empty() && v.id.len() <= 253);
+                    prop_assert!(v.id.chars().all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c)));
+                    prop_assert!(v.addr.port() != 0 && v.metrics_port != 0);
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    prop_assert!(["id:", "address:", "metrics_port:", "weight:"].iter().any(|f| msg.starts_with(f)), "{}", msg);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn handler_never_answers_5xx_to_random_bodies() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut config = Config::default();
+        config.registration.allowed_networks = vec!["10.0.0.0/8".into()];
+        let state = rt.block_on(async { State::new(config).unwrap() });
+        let app = router(state);
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let strategy = prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..200),
+            (".{0,20}", ".{0,30}", any::<i64>()).prop_map(|(id, a, p)| {
+                serde_json::json!({"id": id, "address": a, "metrics_port": p})
+                    .to_string()
+                    .into_bytes()
+            }),
+        ];
+        runner
+            .run(&strategy, |body| {
+                let resp = rt.block_on(
+                    app.clone().oneshot(
+                        axum::http::Request::post("/register")
+                            .body(Body::from(body))
+                            .unwrap(),
+                    ),
+                );
+                let status = resp.unwrap().status();
+                prop_assert!(!status.is_server_error(), "{}", status);
+                Ok(())
+            })
+            .unwrap();
+    }
 }

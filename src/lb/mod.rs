@@ -6,6 +6,7 @@
 //! pingora `BackgroundService`.
 
 pub mod api;
+pub mod auth;
 pub mod proxy;
 pub mod select;
 
@@ -36,6 +37,7 @@ pub struct State {
     pub selector: Selector,
     pub metrics: Arc<LbMetrics>,
     pub health: Arc<HealthLoop>,
+    pub auth: auth::Auth,
     /// Set on SIGTERM: `/readyz` answers 503 from then on.
     pub shutting_down: AtomicBool,
     /// Requests the proxy holds right now.
@@ -71,7 +73,9 @@ impl State {
             metrics: Arc::clone(&metrics),
         });
         let selector = Selector::new(config.lb.algorithm, Arc::clone(&registry));
+        let auth = auth::Auth::new(&config.registration)?;
         Ok(Arc::new(Self {
+            auth,
             config,
             registry,
             selector,
@@ -116,8 +120,13 @@ impl State {
             .clamp(Duration::from_millis(100), Duration::from_secs(1));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_housekeeping = Instant::now();
         loop {
             tick.tick().await;
+            if last_housekeeping.elapsed() >= Duration::from_secs(60) {
+                self.auth.housekeeping();
+                last_housekeeping = Instant::now();
+            }
             for id in self.registry.expire(Instant::now()) {
                 tracing::warn!(%id, "lease expired: removed");
                 self.metrics

@@ -34,13 +34,27 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_logged(name, args, env, None)
+    }
+
+    /// Like `spawn`, with stderr (the logs) written to `log` when given.
+    pub fn spawn_logged(
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: Option<&std::path::Path>,
+    ) -> Self {
         let mut cmd = Command::new(BIN);
+        let stderr = match log {
+            Some(p) => Stdio::from(std::fs::File::create(p).expect("log file")),
+            None => Stdio::inherit(),
+        };
         cmd.args(args)
             .env_remove("ROSTER_CONFIG")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -94,10 +108,20 @@ pub struct Lb {
 impl Lb {
     /// Start an LB on `ip` that allows loopback backends, with fast checks.
     pub async fn start(ip: &str, extra: &[&str]) -> Self {
+        Self::start_with(ip, extra, &[], None).await
+    }
+
+    /// `start` with extra environment and an optional stderr log file.
+    pub async fn start_with(
+        ip: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        log: Option<&std::path::Path>,
+    ) -> Self {
         let proxy = free_addr(ip);
         let control = free_addr(ip);
         let (p, c) = (proxy.to_string(), control.to_string());
-        let defaults: [(&str, &str); 8] = [
+        let defaults: [(&str, &str); 9] = [
             ("--listen", &p),
             ("--control-listen", &c),
             ("--threads", "2"),
@@ -106,6 +130,7 @@ impl Lb {
             ("--health-timeout", "250ms"),
             ("--grace-period", "5s"),
             ("--warmup", "0s"),
+            ("--rate-limit", "1000"),
         ];
         let mut args = vec!["lb"];
         // `extra` overrides a default flag of the same name.
@@ -115,7 +140,7 @@ impl Lb {
             }
         }
         args.extend_from_slice(extra);
-        let proc = Proc::spawn("lb", &args, &[]);
+        let proc = Proc::spawn_logged("lb", &args, env, log);
         let lb = Self {
             proc,
             proxy,
