@@ -100,6 +100,10 @@ pub struct HealthCheckConfig {
     pub healthy_threshold: u32,
     /// Maximum number of checks in flight at once.
     pub concurrency: usize,
+    /// Percent of registered, non-draining backends that must be healthy;
+    /// below it the LB routes to every one that is not `ready:false`
+    /// rather than overload the few left (panic mode). 0 disables.
+    pub panic_threshold: f64,
 }
 
 impl Default for HealthCheckConfig {
@@ -111,6 +115,7 @@ impl Default for HealthCheckConfig {
             unhealthy_threshold: 2,
             healthy_threshold: 1,
             concurrency: 256,
+            panic_threshold: 50.0,
         }
     }
 }
@@ -164,6 +169,25 @@ pub struct LbConfig {
     pub idle_timeout: Duration,
     /// Other backends tried when connecting to the chosen one fails.
     pub retries: usize,
+    /// Also retry idempotent requests (GET, HEAD, PUT, DELETE, OPTIONS...)
+    /// that failed after reaching a backend, as nginx does. Non-idempotent
+    /// requests are never replayed.
+    pub retry_idempotent: bool,
+    /// Consecutive connect failures or 5xx answers that eject a backend
+    /// from selection before its next health check; 0 disables.
+    pub eject_after: u32,
+    /// First ejection length; doubles on each repeat, up to `max_ejection_time`.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub ejection_time: Duration,
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub max_ejection_time: Duration,
+    /// After SIGTERM, keep accepting this long with `/readyz` at 503 so
+    /// Kubernetes can take the LB out of its Services first.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub shutdown_delay: Duration,
     /// After start, `/readyz` says 503 until this long has passed or the
     /// registry has stabilized (every entry checked, no newcomer for two
     /// health intervals), so clients are not sent to an LB still refilling.
@@ -185,6 +209,11 @@ impl Default for LbConfig {
             read_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
             retries: 2,
+            retry_idempotent: true,
+            eject_after: 3,
+            ejection_time: Duration::from_secs(10),
+            max_ejection_time: Duration::from_secs(300),
+            shutdown_delay: Duration::ZERO,
             warmup: Duration::from_secs(30),
         }
     }
@@ -322,6 +351,18 @@ impl Config {
         if hc.healthy_threshold == 0 {
             return Err(invalid("health_check.healthy_threshold", "must be ≥ 1"));
         }
+        if !(0.0..=100.0).contains(&hc.panic_threshold) {
+            return Err(invalid(
+                "health_check.panic_threshold",
+                "must be 0-100 (percent)",
+            ));
+        }
+        if self.lb.ejection_time.is_zero() || self.lb.max_ejection_time < self.lb.ejection_time {
+            return Err(invalid(
+                "lb.max_ejection_time",
+                "must be ≥ lb.ejection_time, and both more than 0",
+            ));
+        }
         if hc.concurrency == 0 {
             return Err(invalid("health_check.concurrency", "must be ≥ 1"));
         }
@@ -388,6 +429,24 @@ pub struct LbArgs {
     /// Retries on other backends after a connect failure (lb.retries).
     #[arg(long, env = "ROSTER_RETRIES")]
     pub retries: Option<usize>,
+    /// Retry failed idempotent requests elsewhere (lb.retry_idempotent).
+    #[arg(long, env = "ROSTER_RETRY_IDEMPOTENT", num_args = 0..=1, default_missing_value = "true")]
+    pub retry_idempotent: Option<bool>,
+    /// Failures that eject a backend, 0 = off (lb.eject_after).
+    #[arg(long, env = "ROSTER_EJECT_AFTER")]
+    pub eject_after: Option<u32>,
+    /// First ejection length (lb.ejection_time).
+    #[arg(long, env = "ROSTER_EJECTION_TIME", value_parser = parse_duration)]
+    pub ejection_time: Option<Duration>,
+    /// Longest ejection (lb.max_ejection_time).
+    #[arg(long, env = "ROSTER_MAX_EJECTION_TIME", value_parser = parse_duration)]
+    pub max_ejection_time: Option<Duration>,
+    /// Keep accepting after SIGTERM (lb.shutdown_delay).
+    #[arg(long, env = "ROSTER_SHUTDOWN_DELAY", value_parser = parse_duration)]
+    pub shutdown_delay: Option<Duration>,
+    /// Healthy percent below which panic mode starts, 0 = off (health_check.panic_threshold).
+    #[arg(long, env = "ROSTER_PANIC_THRESHOLD")]
+    pub panic_threshold: Option<f64>,
     /// Readiness warm-up after start (lb.warmup).
     #[arg(long, env = "ROSTER_WARMUP", value_parser = parse_duration)]
     pub warmup: Option<Duration>,
@@ -470,6 +529,12 @@ impl LbArgs {
         set!(c.lb.idle_timeout, self.idle_timeout);
         set!(c.lb.retries, self.retries);
         set!(c.lb.warmup, self.warmup);
+        set!(c.lb.retry_idempotent, self.retry_idempotent);
+        set!(c.lb.eject_after, self.eject_after);
+        set!(c.lb.ejection_time, self.ejection_time);
+        set!(c.lb.max_ejection_time, self.max_ejection_time);
+        set!(c.lb.shutdown_delay, self.shutdown_delay);
+        set!(c.health_check.panic_threshold, self.panic_threshold);
         set!(c.health_check.interval, self.health_interval);
         set!(c.health_check.timeout, self.health_timeout);
         set!(c.health_check.path, self.health_path);

@@ -100,7 +100,7 @@ pub fn judge(v: Vitals, expected_id: &str) -> CheckResult {
         && id != expected_id
     {
         // Pod IPs are reused: never route to a stranger.
-        return CheckResult::Failed(format!(
+        return CheckResult::Stranger(format!(
             "vitals id {id:?} does not match registered id {expected_id:?}"
         ));
     }
@@ -118,6 +118,7 @@ impl CheckResult {
             Self::Ready(_) => "ready",
             Self::NotReady(_) => "not_ready",
             Self::Failed(_) => "failed",
+            Self::Stranger(_) => "id_mismatch",
         }
     }
 }
@@ -150,6 +151,7 @@ impl HealthLoop {
                 let Ok(_permit) = self.permits.acquire().await else {
                     return;
                 };
+                let _timer = self.metrics.check_duration.start_timer();
                 self.checker.check(target.vitals_addr, &target.id).await
             };
             self.metrics
@@ -157,7 +159,7 @@ impl HealthLoop {
                 .with_label_values(&[result.metric_label()])
                 .inc();
             let err = match &result {
-                CheckResult::Failed(e) => Some(e.clone()),
+                CheckResult::Failed(e) | CheckResult::Stranger(e) => Some(e.clone()),
                 _ => None,
             };
             if let Some((from, to)) = self.registry.apply_check(&target, result) {
@@ -212,7 +214,7 @@ mod tests {
         ));
         assert!(matches!(
             judge(v(true, Some("b")), "a"),
-            CheckResult::Failed(_)
+            CheckResult::Stranger(_)
         ));
     }
 

@@ -183,6 +183,8 @@ pub struct Upstream {
     pub in_flight: AtomicU64,
     /// Load the backend reported in its vitals (requests + backoff).
     pub reported_load: AtomicU64,
+    /// Consecutive failures seen on live traffic (connect errors, 5xx).
+    pub failures: std::sync::atomic::AtomicU32,
 }
 
 /// The routable set, published whole on every change.
@@ -196,6 +198,8 @@ pub struct Routable {
     pub addresses: Vec<String>,
     /// FNV-1a of the sorted addresses, 32 bits so it is exact as a gauge.
     pub digest: u32,
+    /// Too few healthy backends: routing to every verified, ready one.
+    pub panic: bool,
 }
 
 /// The outcome of one health check.
@@ -205,8 +209,10 @@ pub enum CheckResult {
     Ready(Vitals),
     /// 2xx with vitals saying `"ready": false`.
     NotReady(Vitals),
-    /// Unreachable, timeout, non-2xx, bad JSON or a stranger's id.
+    /// Unreachable, timeout, non-2xx or bad JSON.
     Failed(String),
+    /// The vitals carry another id: this address is someone else now.
+    Stranger(String),
 }
 
 /// What the health task should probe next for one entry.
@@ -232,6 +238,14 @@ struct Entry {
     last_check: Option<SystemTime>,
     last_error: Option<String>,
     vitals: Option<Vitals>,
+    /// Passed a check as itself at least once, and no stranger since:
+    /// only such entries may be used in panic mode.
+    verified: bool,
+    ejected_until: Option<Instant>,
+    eject_reason: Option<String>,
+    /// Ejections in a row; the next one lasts `ejection_time × 2^(n-1)`.
+    ejections: u32,
+    last_ejected: Option<Instant>,
     upstream: Arc<Upstream>,
     /// The entry's health task; aborted when the entry goes.
     task: Option<tokio::task::AbortHandle>,
@@ -239,7 +253,13 @@ struct Entry {
 
 impl Entry {
     fn routable(&self) -> bool {
-        self.state == BackendState::Healthy
+        self.state == BackendState::Healthy && self.ejected_until.is_none()
+    }
+
+    /// Usable when panic mode routes around the health verdicts: never a
+    /// backend that said not-ready, is draining, or was never itself.
+    fn panic_usable(&self) -> bool {
+        self.verified && matches!(self.state, BackendState::Healthy | BackendState::Unhealthy)
     }
 }
 
@@ -263,6 +283,8 @@ pub enum Registered {
 pub struct Thresholds {
     pub unhealthy: u32,
     pub healthy: u32,
+    /// Healthy percent below which panic mode starts; 0 disables.
+    pub panic_percent: f64,
 }
 
 /// The registry. One per LB process, shared through `Arc`.
@@ -388,12 +410,18 @@ impl Registry {
             last_check: None,
             last_error: Some("not checked yet".into()),
             vitals: None,
+            verified: false,
+            ejected_until: None,
+            eject_reason: None,
+            ejections: 0,
+            last_ejected: None,
             upstream: Arc::new(Upstream {
                 id: v.id.clone(),
                 addr: v.addr,
                 label: v.addr.to_string(),
                 in_flight: AtomicU64::new(0),
                 reported_load: AtomicU64::new(0),
+                failures: Default::default(),
             }),
             task: None,
         };
@@ -520,6 +548,7 @@ impl Registry {
         e.checked = true;
         match result {
             CheckResult::Ready(v) => {
+                e.verified = true;
                 e.fails = 0;
                 e.successes = e.successes.saturating_add(1);
                 e.last_error = None;
@@ -546,6 +575,15 @@ impl Registry {
                 e.vitals = Some(v);
                 if e.state != BackendState::Draining {
                     e.state = BackendState::NotReady;
+                }
+            }
+            CheckResult::Stranger(err) => {
+                e.verified = false;
+                e.successes = 0;
+                e.fails = e.fails.saturating_add(1);
+                e.last_error = Some(err);
+                if e.state != BackendState::Draining {
+                    e.state = BackendState::Unhealthy;
                 }
             }
             CheckResult::Failed(err) => {
@@ -577,8 +615,23 @@ impl Registry {
     pub fn publish(&self) -> Arc<Routable> {
         let entries = self.entries.read();
         let mut routable = Routable::default();
+        let eligible = entries
+            .values()
+            .filter(|e| e.state != BackendState::Draining)
+            .count();
+        let healthy = entries.values().filter(|e| e.routable()).count();
+        let pct = self.thresholds.panic_percent;
+        routable.panic =
+            pct > 0.0 && eligible > 0 && (healthy as f64) * 100.0 < pct * eligible as f64;
         let mut addrs: Vec<SocketAddr> = Vec::new();
-        for e in entries.values().filter(|e| e.routable()) {
+        let chosen = entries.values().filter(|e| {
+            if routable.panic {
+                e.panic_usable()
+            } else {
+                e.routable()
+            }
+        });
+        for e in chosen {
             routable.backends.insert(Backend {
                 addr: pingora::protocols::l4::socket::SocketAddr::Inet(e.addr),
                 weight: e.weight as usize,
@@ -600,6 +653,63 @@ impl Registry {
         let routable = Arc::new(routable);
         self.routable.store(Arc::clone(&routable));
         routable
+    }
+
+    /// Eject a backend after failures on live traffic, for
+    /// `base × 2^(n-1)` (capped at `max`) where n counts ejections without
+    /// a quiet spell of `2 × max` between them. Returns the length, or None
+    /// when it is already ejected or was replaced meanwhile.
+    pub fn eject(
+        &self,
+        upstream: &Arc<Upstream>,
+        reason: String,
+        now: Instant,
+        base: Duration,
+        max: Duration,
+    ) -> Option<Duration> {
+        let mut entries = self.entries.write();
+        let e = entries
+            .get_mut(&upstream.id)
+            .filter(|e| Arc::ptr_eq(&e.upstream, upstream) && e.ejected_until.is_none())?;
+        if e.last_ejected
+            .is_some_and(|t| now.saturating_duration_since(t) > max * 2)
+        {
+            e.ejections = 0;
+        }
+        e.ejections = e.ejections.saturating_add(1);
+        let factor = 2u32.saturating_pow(e.ejections.saturating_sub(1).min(20));
+        let length = base.saturating_mul(factor).min(max);
+        e.ejected_until = Some(now + length);
+        e.last_ejected = Some(now);
+        e.eject_reason = Some(reason);
+        drop(entries);
+        self.dirty.notify_one();
+        Some(length)
+    }
+
+    /// End ejections whose time is up; returns the ids released.
+    pub fn release_ejections(&self, now: Instant) -> Vec<String> {
+        let due: Vec<String> = self
+            .entries
+            .read()
+            .values()
+            .filter(|e| e.ejected_until.is_some_and(|t| t <= now))
+            .map(|e| e.id.clone())
+            .collect();
+        if due.is_empty() {
+            return due;
+        }
+        let mut entries = self.entries.write();
+        for id in &due {
+            if let Some(e) = entries.get_mut(id) {
+                e.ejected_until = None;
+                e.eject_reason = None;
+                e.upstream.failures.store(0, Ordering::Relaxed);
+            }
+        }
+        drop(entries);
+        self.dirty.notify_one();
+        due
     }
 
     /// Whether the LB has warmed up (latched): every known entry has had its
@@ -651,7 +761,13 @@ impl Registry {
                 weight: e.weight,
                 state: e.state,
                 routable: routable.upstreams.contains_key(&e.addr),
-                ejected: None,
+                ejected: e.ejected_until.map(|t| {
+                    format!(
+                        "{} (for {}s more)",
+                        e.eject_reason.as_deref().unwrap_or("failures"),
+                        t.saturating_duration_since(now).as_secs()
+                    )
+                }),
                 last_check: e
                     .last_check
                     .map(|t| humantime::format_rfc3339_millis(t).to_string()),
@@ -665,7 +781,7 @@ impl Registry {
         backends.sort_by(|a, b| a.id.cmp(&b.id));
         RegistryView {
             digest: format!("{:08x}", routable.digest),
-            panic: false,
+            panic: routable.panic,
             backends,
         }
     }
@@ -712,6 +828,7 @@ mod tests {
             Thresholds {
                 unhealthy: 2,
                 healthy: 1,
+                panic_percent: 0.0,
             },
             Duration::ZERO,
             Duration::ZERO,
@@ -871,6 +988,96 @@ mod tests {
         assert_eq!(da, db);
         a.deregister("x");
         assert_ne!(a.publish().digest, da);
+    }
+
+    #[test]
+    fn ejection_grows_caps_and_resets() {
+        let r = registry();
+        let t0 = Instant::now();
+        let (_, _, t) = r
+            .register(policy().validate(&reg("a", "10.0.0.1:80")).unwrap(), t0)
+            .unwrap();
+        let t = t.unwrap();
+        r.apply_check(
+            &t,
+            CheckResult::Ready(Vitals {
+                ready: true,
+                ..Default::default()
+            }),
+        );
+        let up = Arc::clone(&r.publish().upstreams[&"10.0.0.1:80".parse().unwrap()]);
+        let (base, max) = (Duration::from_secs(10), Duration::from_secs(35));
+        let mut now = t0;
+        let mut lengths = Vec::new();
+        for _ in 0..4 {
+            let len = r.eject(&up, "x".into(), now, base, max).unwrap();
+            assert!(
+                r.eject(&up, "x".into(), now, base, max).is_none(),
+                "already ejected"
+            );
+            assert!(r.publish().addresses.is_empty(), "ejected is not routable");
+            assert!(r.view(now).backends[0].ejected.is_some());
+            now += len;
+            assert_eq!(r.release_ejections(now), ["a"]);
+            assert_eq!(r.publish().addresses.len(), 1, "back after the ejection");
+            lengths.push(len.as_secs());
+        }
+        assert_eq!(lengths, [10, 20, 35, 35], "doubles, capped at max");
+        // A quiet spell longer than 2×max resets the multiplier.
+        now += max * 2 + Duration::from_secs(1);
+        assert_eq!(r.eject(&up, "x".into(), now, base, max), Some(base));
+    }
+
+    #[test]
+    fn panic_mode_routes_to_verified_ready_backends() {
+        let r = Registry::new(
+            Policy {
+                max_backends: 10,
+                ..policy()
+            },
+            Thresholds {
+                unhealthy: 1,
+                healthy: 1,
+                panic_percent: 50.0,
+            },
+            Duration::ZERO,
+            Duration::ZERO,
+        );
+        let now = Instant::now();
+        let mut targets = Vec::new();
+        for (id, a) in [
+            ("a", "10.0.0.1:80"),
+            ("b", "10.0.0.2:80"),
+            ("c", "10.0.0.3:80"),
+            ("d", "10.0.0.4:80"),
+        ] {
+            let p = Policy {
+                max_backends: 10,
+                ..policy()
+            };
+            let (_, _, t) = r.register(p.validate(&reg(id, a)).unwrap(), now).unwrap();
+            targets.push(t.unwrap());
+        }
+        let ok = || {
+            CheckResult::Ready(Vitals {
+                ready: true,
+                ..Default::default()
+            })
+        };
+        for t in &targets[..3] {
+            r.apply_check(t, ok());
+        }
+        // d was never verified; c goes not-ready; a and b fail.
+        r.apply_check(&targets[2], CheckResult::NotReady(Vitals::default()));
+        assert!(!r.publish().panic, "2 of 4 healthy is not below 50%");
+        r.apply_check(&targets[0], CheckResult::Failed("down".into()));
+        let p = r.publish();
+        assert!(p.panic, "1 of 4 healthy");
+        assert_eq!(p.addresses, ["10.0.0.1:80", "10.0.0.2:80"]);
+        assert!(r.view(now).panic);
+        // A stranger is never used, even in panic.
+        r.apply_check(&targets[0], CheckResult::Stranger("other id".into()));
+        assert_eq!(r.publish().addresses, ["10.0.0.2:80"]);
     }
 
     #[test]

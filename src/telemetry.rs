@@ -42,6 +42,12 @@ pub struct LbMetrics {
     pub registrations: IntCounterVec,
     /// `roster_lb_deregistrations_total{reason}`: deleted or expired.
     pub deregistrations: IntCounterVec,
+    /// `roster_lb_ejections_total{reason}`: passive ejections.
+    pub ejections: IntCounterVec,
+    /// `roster_lb_panic`: 1 while in panic mode.
+    pub panic: IntGauge,
+    /// `roster_lb_retries_total`: requests sent to another backend after a failure.
+    pub retries: IntCounter,
 }
 
 impl LbMetrics {
@@ -121,6 +127,24 @@ impl LbMetrics {
             &["reason"],
         )
         .expect("metric");
+        let ejections = IntCounterVec::new(
+            Opts::new(
+                "roster_lb_ejections_total",
+                "Backends ejected after failures on live traffic, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("metric");
+        let panic = IntGauge::new(
+            "roster_lb_panic",
+            "1 while too few backends are healthy and the LB routes to all verified ready ones",
+        )
+        .expect("metric");
+        let retries = IntCounter::new(
+            "roster_lb_retries_total",
+            "Requests retried on another backend after a failure",
+        )
+        .expect("metric");
         for c in [
             Box::new(backends.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(routable.clone()),
@@ -133,6 +157,9 @@ impl LbMetrics {
             Box::new(check_duration.clone()),
             Box::new(registrations.clone()),
             Box::new(deregistrations.clone()),
+            Box::new(ejections.clone()),
+            Box::new(panic.clone()),
+            Box::new(retries.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -152,6 +179,9 @@ impl LbMetrics {
             check_duration,
             registrations,
             deregistrations,
+            ejections,
+            panic,
+            retries,
         }
     }
 

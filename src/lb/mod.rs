@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server, ShutdownWatch};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 use tokio::sync::Semaphore;
 
@@ -57,6 +57,7 @@ impl State {
         let thresholds = Thresholds {
             unhealthy: hc.unhealthy_threshold,
             healthy: hc.healthy_threshold,
+            panic_percent: hc.panic_threshold,
         };
         let registry = Arc::new(Registry::new(
             policy,
@@ -104,8 +105,22 @@ impl State {
     /// Republish the routable set whenever it changes and rebuild the
     /// selector. Bursts of changes coalesce into one rebuild.
     pub async fn publish_loop(self: Arc<Self>) {
+        let mut panic = false;
         loop {
             let r = self.registry.publish();
+            if r.panic != panic {
+                panic = r.panic;
+                self.metrics.panic.set(i64::from(panic));
+                if panic {
+                    tracing::error!(
+                        threshold = self.config.health_check.panic_threshold,
+                        routing_to = r.addresses.len(),
+                        "PANIC MODE: too few healthy backends, routing to every verified ready one"
+                    );
+                } else {
+                    tracing::warn!("panic mode over");
+                }
+            }
             if let Err(e) = self.selector.update().await {
                 tracing::error!(error = %e, "selector update failed");
             }
@@ -126,6 +141,9 @@ impl State {
             if last_housekeeping.elapsed() >= Duration::from_secs(60) {
                 self.auth.housekeeping();
                 last_housekeeping = Instant::now();
+            }
+            for id in self.registry.release_ejections(Instant::now()) {
+                tracing::info!(%id, "ejection over: back in selection");
             }
             for id in self.registry.expire(Instant::now()) {
                 tracing::warn!(%id, "lease expired: removed");
@@ -171,7 +189,7 @@ impl BackgroundService for Control {
         let drain = async move {
             let _ = shutdown.changed().await;
             st.shutting_down.store(true, Ordering::Relaxed);
-            tracing::info!("SIGTERM: draining in-flight requests");
+            tracing::info!("stopped accepting: draining in-flight requests");
             let grace = st.config.lb.grace_period;
             let deadline = Instant::now() + grace;
             // pingora sleeps the whole grace period; end sooner once idle.
@@ -187,6 +205,36 @@ impl BackgroundService for Control {
         tokio::select! {
             r = serve => if let Err(e) = r { tracing::error!(error = %e, "control API stopped") },
             _ = drain => {}
+        }
+    }
+}
+
+/// SIGTERM: `/readyz` goes 503 at once; after `lb.shutdown_delay` pingora
+/// stops accepting and drains. SIGINT: fast shutdown.
+struct Signals {
+    state: Arc<State>,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {
+                self.state.shutting_down.store(true, Ordering::Relaxed);
+                let delay = self.state.config.lb.shutdown_delay;
+                tracing::info!(delay = ?delay, "SIGTERM: readyz now 503; still accepting for shutdown_delay");
+                tokio::time::sleep(delay).await;
+                ShutdownSignal::GracefulTerminate
+            }
+            _ = int.recv() => ShutdownSignal::FastShutdown,
         }
     }
 }
@@ -241,7 +289,11 @@ pub fn run(config: Config) -> Result<(), Error> {
     );
     server.add_service(proxy);
     server.add_service(control);
-    server.run(RunArgs::default());
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals {
+            state: Arc::clone(&state),
+        }),
+    });
     Ok(())
 }
 

@@ -57,6 +57,8 @@ pub struct Ctx {
     tried: Vec<SocketAddr>,
     /// Why the request got no backend (answered with a body in `fail_to_proxy`).
     no_backend: Option<&'static str>,
+    /// Status of the backend's answer, once one arrived.
+    upstream_status: Option<u16>,
 }
 
 #[async_trait]
@@ -71,6 +73,7 @@ impl ProxyHttp for Proxy {
             upstream: None,
             tried: Vec::new(),
             no_backend: None,
+            upstream_status: None,
         }
     }
 
@@ -102,6 +105,9 @@ impl ProxyHttp for Proxy {
             .get(&addr)
             .cloned()
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "backend just left"))?;
+        if !ctx.tried.is_empty() {
+            self.state.metrics.retries.inc();
+        }
         ctx.tried.push(addr);
         ctx.upstream = Some(InFlight::new(upstream));
 
@@ -141,6 +147,16 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut pingora::http::ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.upstream_status = Some(resp.status.as_u16());
+        Ok(())
+    }
+
     fn fail_to_connect(
         &self,
         _session: &mut Session,
@@ -149,9 +165,37 @@ impl ProxyHttp for Proxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         self.state.metrics.connect_failures.inc();
+        self.record_failure(ctx, "connect", "connect failures");
         // Nothing reached the backend: another one can take the request.
         if ctx.tried.len() <= self.state.config.lb.retries {
             e.set_retry(true);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if ctx.upstream_status.is_none() {
+            self.record_failure(ctx, "reset", "errors before a response");
+        }
+        let idempotent = session.req_header().method.is_idempotent();
+        let replayable = idempotent && !session.as_ref().retry_buffer_truncated();
+        let lb = &self.state.config.lb;
+        if !replayable || ctx.tried.len() > lb.retries {
+            // The request may have had effects: never replay it.
+            e.set_retry(false);
+        } else if lb.retry_idempotent && ctx.upstream_status.is_none() {
+            e.set_retry(true);
+        } else {
+            // pingora's default: retry only a stale reused connection.
+            e.retry.decide_reuse(client_reused);
         }
         e
     }
@@ -190,6 +234,15 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        match ctx.upstream_status {
+            Some(s) if s >= 500 => self.record_failure(ctx, "5xx", "5xx answers"),
+            Some(_) => {
+                if let Some(u) = &ctx.upstream {
+                    u.0.failures.store(0, Ordering::Relaxed);
+                }
+            }
+            None => {}
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let class = code_class(status);
         let m = &self.state.metrics;
@@ -198,6 +251,35 @@ impl ProxyHttp for Proxy {
         m.duration
             .with_label_values(&[class])
             .observe(ctx.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Proxy {
+    /// Count a failure on live traffic; eject after `lb.eject_after` in a row.
+    fn record_failure(&self, ctx: &Ctx, label: &'static str, what: &str) {
+        let lb = &self.state.config.lb;
+        let Some(InFlight(u)) = &ctx.upstream else {
+            return;
+        };
+        let n = u.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if lb.eject_after == 0 || n < lb.eject_after {
+            return;
+        }
+        let reason = format!("{n} consecutive {what}");
+        if let Some(length) = self.state.registry.eject(
+            u,
+            reason.clone(),
+            Instant::now(),
+            lb.ejection_time,
+            lb.max_ejection_time,
+        ) {
+            self.state
+                .metrics
+                .ejections
+                .with_label_values(&[label])
+                .inc();
+            tracing::warn!(id = %u.id, address = %u.addr, %reason, seconds = length.as_secs(), "backend ejected");
+        }
     }
 }
 

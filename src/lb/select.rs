@@ -190,6 +190,7 @@ mod tests {
             label: String::new(),
             in_flight: AtomicU64::new(in_flight),
             reported_load: AtomicU64::new(0),
+            failures: Default::default(),
         })
     }
 

@@ -322,6 +322,9 @@ impl Backend {
                 let id = id.clone();
                 hits.fetch_add(1, Ordering::Relaxed);
                 async move {
+                    if req.uri().path() == "/slow" {
+                        tokio::time::sleep(Duration::from_millis(1500)).await;
+                    }
                     let xff = req
                         .headers()
                         .get("x-forwarded-for")
@@ -380,4 +383,65 @@ impl Backend {
     pub fn set_ready(&self, r: bool) {
         self.ready.store(r, Ordering::Relaxed);
     }
+}
+
+/// Results of a bounded load run.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub ok: u64,
+    pub failures: Vec<String>,
+}
+
+/// Steady load: `concurrency` clients sending GET `url` back to back until
+/// `stop` is set, `limit` passes, or `max` requests are sent in total.
+pub fn start_load(
+    url: String,
+    concurrency: usize,
+    limit: Duration,
+    max: u64,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<LoadReport> {
+    tokio::spawn(async move {
+        let sent = Arc::new(AtomicU64::new(0));
+        let deadline = Instant::now() + limit;
+        let mut set = JoinSet::new();
+        for _ in 0..concurrency {
+            let (url, stop, sent) = (url.clone(), Arc::clone(&stop), Arc::clone(&sent));
+            set.spawn(async move {
+                let c = client();
+                let mut r = LoadReport::default();
+                while !stop.load(Ordering::Relaxed)
+                    && Instant::now() < deadline
+                    && sent.fetch_add(1, Ordering::Relaxed) < max
+                {
+                    match c.get(&url).send().await {
+                        Ok(resp) if resp.status().is_success() => {
+                            // Read the body: a truncated one is a failure too.
+                            match resp.bytes().await {
+                                Ok(_) => r.ok += 1,
+                                Err(e) => r.failures.push(format!("body: {e}")),
+                            }
+                        }
+                        Ok(resp) => r.failures.push(format!("status {}", resp.status())),
+                        Err(e) => r.failures.push(format!("error: {e}")),
+                    }
+                }
+                r
+            });
+        }
+        let mut total = LoadReport::default();
+        while let Some(Ok(r)) = set.join_next().await {
+            total.ok += r.ok;
+            total.failures.extend(r.failures);
+        }
+        total
+    })
+}
+
+/// One Prometheus sample value (first line starting with `prefix`).
+pub fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse().ok())
 }
