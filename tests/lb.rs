@@ -330,14 +330,25 @@ async fn telemetry_is_prometheus_text() {
     for _ in 0..3 {
         proxied_id(&lb).await.expect("proxied");
     }
-    let text = client()
-        .get(lb.url("/telemetry"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // Requests are counted in pingora's logging phase, just after the
+    // response went out: wait for the third.
+    let scrape = || async {
+        client()
+            .get(lb.url("/telemetry"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    wait_for(Duration::from_secs(2), "3 requests counted", || async {
+        scrape().await.lines().any(|l| {
+            l.starts_with("roster_lb_requests_total{") && l.contains("2xx") && l.ends_with(" 3")
+        })
+    })
+    .await;
+    let text = scrape().await;
     let families = parse_prometheus(&text);
     for name in [
         "roster_lb_backends",
