@@ -400,3 +400,28 @@ pub fn parse_prometheus(text: &str) -> HashMap<String, String> {
     }
     types
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_prints_the_registry_table() {
+    let lb = Lb::start("127.0.17.1", &[]).await;
+    let a = Backend::start("backend-1", "127.0.17.2").await;
+    lb.register("backend-1", a.addr(), a.metrics_port()).await;
+    lb.wait_backends(&[a.addr()], Duration::from_secs(5)).await;
+    let out = std::process::Command::new(common::BIN)
+        .args(["status", "--lb", &lb.control.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("ID"), "{text}");
+    let row = text.lines().find(|l| l.starts_with("backend-1")).expect("row");
+    assert!(row.contains(&a.addr().to_string()) && row.contains("healthy") && row.contains("yes"), "{row}");
+    assert!(text.contains("1 registered, 1 routable"));
+    // An unreachable LB is a clear error, not a panic.
+    let out = std::process::Command::new(common::BIN)
+        .args(["status", "--lb", "127.0.17.1:1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/registry"));
+}
