@@ -271,6 +271,60 @@ impl Drop for Entry {
     }
 }
 
+/// Entries by id, with an index by address (an address belongs to one id).
+#[derive(Default)]
+struct Entries {
+    by_id: HashMap<String, Entry>,
+    by_addr: HashMap<SocketAddr, String>,
+}
+
+impl Entries {
+    fn get(&self, id: &str) -> Option<&Entry> {
+        self.by_id.get(id)
+    }
+
+    /// Callers never change `addr` through this (see `insert`).
+    fn get_mut(&mut self, id: &str) -> Option<&mut Entry> {
+        self.by_id.get_mut(id)
+    }
+
+    fn contains_key(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Entry> {
+        self.by_id.values()
+    }
+
+    /// The id holding `addr`, if any.
+    fn holder(&self, addr: &SocketAddr) -> Option<&str> {
+        self.by_addr.get(addr).map(String::as_str)
+    }
+
+    fn insert(&mut self, e: Entry) -> Option<Entry> {
+        let old = self.remove(&e.id);
+        self.by_addr.insert(e.addr, e.id.clone());
+        self.by_id.insert(e.id.clone(), e);
+        old
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Entry> {
+        let e = self.by_id.remove(id)?;
+        if self.by_addr.get(&e.addr).is_some_and(|h| h == id) {
+            self.by_addr.remove(&e.addr);
+        }
+        Some(e)
+    }
+}
+
 /// Result of [`Registry::register`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Registered {
@@ -291,7 +345,7 @@ pub struct Thresholds {
 pub struct Registry {
     policy: Policy,
     thresholds: Thresholds,
-    entries: RwLock<HashMap<String, Entry>>,
+    entries: RwLock<Entries>,
     routable: ArcSwap<Routable>,
     /// Woken when the routable set must be rebuilt.
     dirty: Notify,
@@ -319,7 +373,7 @@ impl Registry {
         Self {
             policy,
             thresholds,
-            entries: RwLock::new(HashMap::new()),
+            entries: RwLock::new(Entries::default()),
             routable: ArcSwap::from_pointee(Routable::default()),
             dirty: Notify::new(),
             next_generation: AtomicU64::new(1),
@@ -388,9 +442,9 @@ impl Registry {
         }
         // Pod IP reuse: an address belongs to one id at a time.
         let holder = entries
-            .values()
-            .find(|e| e.addr == v.addr && e.id != v.id)
-            .map(|e| e.id.clone());
+            .holder(&v.addr)
+            .filter(|h| *h != v.id)
+            .map(String::from);
         if let Some(old) = holder {
             tracing::info!(id = %old, new_id = %v.id, address = %v.addr, "address taken over by a new id");
             entries.remove(&old);
@@ -434,9 +488,7 @@ impl Registry {
             vitals_addr: SocketAddr::new(v.addr.ip(), v.metrics_port),
         };
         let resp = self.response(&entry);
-        let was_routable = entries
-            .insert(v.id.clone(), entry)
-            .is_some_and(|e| e.routable());
+        let was_routable = entries.insert(entry).is_some_and(|e| e.routable());
         drop(entries);
         if was_routable {
             self.dirty.notify_one();

@@ -411,11 +411,21 @@ async fn status_prints_the_registry_table() {
         .args(["status", "--lb", &lb.control.to_string()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.starts_with("ID"), "{text}");
-    let row = text.lines().find(|l| l.starts_with("backend-1")).expect("row");
-    assert!(row.contains(&a.addr().to_string()) && row.contains("healthy") && row.contains("yes"), "{row}");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("backend-1"))
+        .expect("row");
+    assert!(
+        row.contains(&a.addr().to_string()) && row.contains("healthy") && row.contains("yes"),
+        "{row}"
+    );
     assert!(text.contains("1 registered, 1 routable"));
     // An unreachable LB is a clear error, not a panic.
     let out = std::process::Command::new(common::BIN)
