@@ -11,17 +11,6 @@ use std::time::Duration;
 use common::{Backend, Lb, client, metric, start_load, wait_for};
 use serde_json::Value;
 
-async fn telemetry(lb: &Lb) -> String {
-    client()
-        .get(lb.url("/telemetry"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn crashed_backend_costs_no_request() {
     // A long health interval: only retries and ejection can hide the crash.
@@ -81,7 +70,7 @@ async fn crashed_backend_costs_no_request() {
         a["ejected"].as_str().unwrap().contains("consecutive"),
         "{a}"
     );
-    let t = telemetry(&lb).await;
+    let t = lb.telemetry().await;
     assert!(
         metric(&t, "roster_lb_ejections_total").unwrap_or(0.0) >= 1.0,
         "{t}"
@@ -123,7 +112,7 @@ async fn panic_mode_keeps_traffic_flowing() {
         assert_eq!(r.status(), 200);
     }
     assert_eq!(nr.hits.load(Ordering::Relaxed), nr_hits);
-    let t = telemetry(&on).await;
+    let t = on.telemetry().await;
     assert_eq!(metric(&t, "roster_lb_panic"), Some(1.0));
 
     // Without panic mode the pool is empty: 503.
@@ -207,7 +196,7 @@ async fn retries_are_bounded_and_never_replay_unsafe_requests() {
 
     // Connect failures: retried up to the limit too.
     let before = metric(
-        &telemetry(&lb).await,
+        &lb.telemetry().await,
         "roster_lb_upstream_connect_failures_total",
     )
     .unwrap_or(0.0);
@@ -235,7 +224,7 @@ async fn retries_are_bounded_and_never_replay_unsafe_requests() {
     lb2.wait_backends(&closed, Duration::from_secs(5)).await;
     let r = client().get(lb2.proxy_url("/")).send().await.unwrap();
     assert_eq!(r.status(), 502);
-    let t = telemetry(&lb2).await;
+    let t = lb2.telemetry().await;
     assert_eq!(
         metric(&t, "roster_lb_upstream_connect_failures_total"),
         Some(2.0)

@@ -332,16 +332,7 @@ async fn telemetry_is_prometheus_text() {
     }
     // Requests are counted in pingora's logging phase, just after the
     // response went out: wait for the third.
-    let scrape = || async {
-        client()
-            .get(lb.url("/telemetry"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let scrape = || lb.telemetry();
     wait_for(Duration::from_secs(2), "3 requests counted", || async {
         scrape().await.lines().any(|l| {
             l.starts_with("roster_lb_requests_total{") && l.contains("2xx") && l.ends_with(" 3")

@@ -201,6 +201,18 @@ impl Lb {
             .expect("json")
     }
 
+    /// The Prometheus text of `/telemetry`.
+    pub async fn telemetry(&self) -> String {
+        client()
+            .get(self.url("/telemetry"))
+            .send()
+            .await
+            .expect("telemetry")
+            .text()
+            .await
+            .expect("text")
+    }
+
     /// Wait until `/backends` has exactly these addresses (any order).
     pub async fn wait_backends(&self, want: &[SocketAddr], limit: Duration) {
         let mut want: Vec<String> = want.iter().map(ToString::to_string).collect();
