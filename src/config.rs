@@ -167,6 +167,9 @@ pub struct LbConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub idle_timeout: Duration,
+    /// Idle upstream connections kept for reuse, across all backends. Large
+    /// pools keep reuse high when round robin cycles through many backends.
+    pub keepalive_pool_size: usize,
     /// Other backends tried when connecting to the chosen one fails.
     pub retries: usize,
     /// Also retry idempotent requests (GET, HEAD, PUT, DELETE, OPTIONS...)
@@ -208,6 +211,7 @@ impl Default for LbConfig {
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
+            keepalive_pool_size: 1024,
             retries: 2,
             retry_idempotent: true,
             eject_after: 3,
@@ -426,6 +430,9 @@ pub struct LbArgs {
     /// Upstream idle timeout (lb.idle_timeout).
     #[arg(long, env = "ROSTER_IDLE_TIMEOUT", value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
+    /// Idle upstream connections kept (lb.keepalive_pool_size).
+    #[arg(long, env = "ROSTER_KEEPALIVE_POOL_SIZE")]
+    pub keepalive_pool_size: Option<usize>,
     /// Retries on other backends after a connect failure (lb.retries).
     #[arg(long, env = "ROSTER_RETRIES")]
     pub retries: Option<usize>,
@@ -528,6 +535,7 @@ impl LbArgs {
         set!(c.lb.read_timeout, self.read_timeout);
         set!(c.lb.idle_timeout, self.idle_timeout);
         set!(c.lb.retries, self.retries);
+        set!(c.lb.keepalive_pool_size, self.keepalive_pool_size);
         set!(c.lb.warmup, self.warmup);
         set!(c.lb.retry_idempotent, self.retry_idempotent);
         set!(c.lb.eject_after, self.eject_after);

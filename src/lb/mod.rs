@@ -262,6 +262,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         threads,
         grace_period_seconds: Some(lb.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_pool_size: lb.keepalive_pool_size,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
