@@ -426,3 +426,58 @@ async fn status_prints_the_registry_table() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/registry"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consistent_hash_sticks_and_least_loaded_avoids_busy() {
+    let ch = Lb::start("127.0.18.1", &["--algorithm", "consistent_hash"]).await;
+    let ll = Lb::start("127.0.18.5", &["--algorithm", "least_loaded"]).await;
+    let bs = [
+        Backend::start("a", "127.0.18.2").await,
+        Backend::start("b", "127.0.18.3").await,
+        Backend::start("c", "127.0.18.4").await,
+    ];
+    // b reports a heavy load in its vitals.
+    bs[1]
+        .reported_load
+        .store(1000, std::sync::atomic::Ordering::Relaxed);
+    let addrs: Vec<_> = bs.iter().map(Backend::addr).collect();
+    for lb in [&ch, &ll] {
+        for b in &bs {
+            lb.register(&b.id, b.addr(), b.metrics_port()).await;
+        }
+        lb.wait_backends(&addrs, Duration::from_secs(5)).await;
+    }
+    // Same key → same backend; many keys → more than one backend.
+    let mut by_key: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+    for i in 0..60 {
+        let key = format!("user-{}", i % 12);
+        let v: Value = client()
+            .get(ch.proxy_url("/"))
+            .header("x-roster-hash-key", &key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        by_key
+            .entry(key)
+            .or_default()
+            .insert(v["id"].as_str().unwrap().to_string());
+    }
+    assert!(by_key.values().all(|ids| ids.len() == 1), "{by_key:?}");
+    let used: std::collections::HashSet<_> = by_key.values().flatten().collect();
+    assert!(used.len() > 1, "keys spread over backends: {used:?}");
+
+    // Least loaded: the busy backend loses every draw.
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    for _ in 0..90 {
+        let id = proxied_id(&ll).await.expect("proxied");
+        *seen.entry(id).or_default() += 1;
+    }
+    assert_eq!(seen.get("b").copied().unwrap_or(0), 0, "{seen:?}");
+    assert!(
+        seen.get("a").copied().unwrap_or(0) > 20 && seen.get("c").copied().unwrap_or(0) > 20,
+        "{seen:?}"
+    );
+}

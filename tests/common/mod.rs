@@ -319,6 +319,8 @@ pub struct Backend {
     /// The id the vitals claim (defaults to `id`).
     pub vitals_id: Arc<Mutex<String>>,
     pub hits: Arc<AtomicU64>,
+    /// `requests_in_progress` the vitals report.
+    pub reported_load: Arc<AtomicU64>,
 }
 
 impl Backend {
@@ -327,6 +329,7 @@ impl Backend {
         let vitals_status = Arc::new(AtomicU64::new(200));
         let vitals_id = Arc::new(Mutex::new(id.to_string()));
         let hits = Arc::new(AtomicU64::new(0));
+        let reported_load = Arc::new(AtomicU64::new(0));
         let app = {
             let id = id.to_string();
             let hits = Arc::clone(&hits);
@@ -348,17 +351,18 @@ impl Backend {
             })
         };
         let vitals = {
-            let (ready, st, vid) = (
+            let (ready, st, vid, load) = (
                 Arc::clone(&ready),
                 Arc::clone(&vitals_status),
                 Arc::clone(&vitals_id),
+                Arc::clone(&reported_load),
             );
             Router::new().route(
                 "/metrics",
                 get(move || {
                     let body = json!({
                         "ready": ready.load(Ordering::Relaxed),
-                        "requests_in_progress": 0, "cpu_usage": 1.5, "memory_usage": 2.5,
+                        "requests_in_progress": load.load(Ordering::Relaxed), "cpu_usage": 1.5, "memory_usage": 2.5,
                         "gpu_usage": 0.0, "failed_responses": 0, "connected_peers": 0,
                         "backoff_requests": 0, "uptime_seconds": 1, "version": "test",
                         "id": vid.lock().clone(),
@@ -381,6 +385,7 @@ impl Backend {
             vitals_status,
             vitals_id,
             hits,
+            reported_load,
         }
     }
 
