@@ -200,7 +200,7 @@ def pod_specs(objs: list[tuple[str, dict]]):
             yield o, o["spec"]["template"]["spec"]
 
 
-def check_restricted(spec: dict, name: str, host_network: bool = False) -> None:
+def check_restricted(spec: dict, name: str, host_network: bool = False, host_port: bool = False) -> None:
     """Pod Security `restricted`, checked on the rendered pod template."""
     psc = spec.get("securityContext", {})
     good = psc.get("runAsNonRoot") is True and \
@@ -211,9 +211,9 @@ def check_restricted(spec: dict, name: str, host_network: bool = False) -> None:
         good &= sc.get("readOnlyRootFilesystem") is True
         good &= sc.get("capabilities", {}).get("drop") == ["ALL"]
         good &= not sc.get("privileged")
-        good &= host_network or not any("hostPort" in p for p in c.get("ports", []))
+        good &= any("hostPort" in p for p in c.get("ports", [])) == host_port
     good &= bool(spec.get("hostNetwork")) == host_network
-    extra = " — hostNetwork/hostPort opted in" if host_network else ""
+    extra = " — hostNetwork opted in" if host_network else " — hostPort opted in" if host_port else ""
     check(good, f"{name}: restricted securityContext (runAsNonRoot, readOnlyRootFilesystem, drop ALL,"
           f" seccomp RuntimeDefault){extra}")
 
@@ -230,8 +230,10 @@ def duration_seconds(text: str) -> int:
 
 VALUE_SETS: dict[str, dict] = {
     "defaults": {},
-    "daemonset-lb": {"lb": {"kind": "DaemonSet", "hostNetwork": True, "hostPort": 80},
+    "daemonset-lb": {"lb": {"kind": "DaemonSet", "hostPort": 80},
                      "config": {"lb": {"grace_period": "1m 30s"}}},
+    "daemonset-hostnetwork": {"lb": {"kind": "DaemonSet", "hostNetwork": True},
+                              "config": {"lb": {"listen": "0.0.0.0:8000"}}},
     "classic-sidecar": {"injector": {"nativeSidecar": False, "appPreStopSleep": False}},
     "servicemonitor": {"grafanaDashboard": {"enabled": True},
                        "networkPolicy": {"enabled": True},
@@ -257,13 +259,21 @@ BAD_VALUES: dict[str, dict] = {
     "config.discovery.metrics_port 70000": {"config": {"discovery": {"metrics_port": 70000}}},
     "unknown top-level key": {"lbs": {}},
     "hostNetwork with a Deployment": {"lb": {"hostNetwork": True}},
+    "hostNetwork with a hostPort other than the listen port": {
+        "lb": {"kind": "DaemonSet", "hostNetwork": True, "hostPort": 80}},
 }
 
+# Also rendered for, and validated against, the oldest supported Kubernetes.
+MIN_KUBE = "1.29"
+MIN_KUBE_SETS = ("defaults", "classic-sidecar", "daemonset-hostnetwork")
 
-def check_value_set(label: str, values: dict, versions: list[str], roster: str) -> None:
-    print(f"[render] {label}", flush=True)
+
+def check_value_set(label: str, values: dict, versions: list[str], roster: str,
+                    kube_version: str | None = None) -> None:
+    print(f"[render] {label}" + (f" (Kubernetes {kube_version})" if kube_version else ""), flush=True)
     try:
-        rendered = render(values, api_versions=CAPABILITIES.get(label))
+        rendered = render(values, api_versions=CAPABILITIES.get(label),
+                          kube_version=f"v{kube_version}.0" if kube_version else None)
     except helm.HelmError as e:
         fail(f"{label}: render failed: {e}")
         return
@@ -276,9 +286,10 @@ def check_value_set(label: str, values: dict, versions: list[str], roster: str) 
     merged = copy.deepcopy(values)
 
     for o, spec in pod_specs(objs):
+        is_lb = o["metadata"]["name"] == "roster-lb"
         check_restricted(spec, f"{label} {o['kind']}/{o['metadata']['name']}",
-                         host_network=bool(dig(merged, "lb", "hostNetwork"))
-                         and o["metadata"]["name"] == "roster-lb")
+                         host_network=is_lb and bool(dig(merged, "lb", "hostNetwork")),
+                         host_port=is_lb and bool(dig(merged, "lb", "hostPort")))
 
     services = {s["metadata"]["name"]: s for s in by_kind.get("Service", [])}
     control = services.get("roster-lb-control", {}).get("spec", {})
@@ -300,9 +311,12 @@ def check_value_set(label: str, values: dict, versions: list[str], roster: str) 
         check(c["readinessProbe"]["httpGet"]["path"] == "/readyz"
               and c["livenessProbe"]["httpGet"]["path"] == "/healthz",
               f"{label}: LB probes /healthz (liveness) and /readyz (readiness)")
-        if lb_kind == "DaemonSet":
+        if dig(merged, "lb", "hostNetwork"):
             check(spec.get("hostNetwork") is True and spec.get("dnsPolicy") == "ClusterFirstWithHostNet"
-                  and c["ports"][0].get("hostPort") == 80, f"{label}: hostNetwork and hostPort wired")
+                  and "hostPort" not in c["ports"][0], f"{label}: hostNetwork wired")
+        elif dig(merged, "lb", "hostPort"):
+            check("hostNetwork" not in spec and c["ports"][0].get("hostPort") == dig(merged, "lb", "hostPort")
+                  and c["ports"][0]["containerPort"] == 8000, f"{label}: proxy hostPort wired")
 
     cms = [o for o in by_kind.get("ConfigMap", []) if o["metadata"]["name"] == "roster-config"]
     config = yaml.safe_load(cms[0]["data"]["roster.yaml"]) if cms else {}
@@ -739,6 +753,218 @@ def webhook_round_trip(roster: str, versions: list[str]) -> None:
         check(native.proc.returncode == 0, "injector exits 0 on SIGTERM")
 
 
+# ------------------------------------------------ self-managed TLS bootstrap
+
+
+class FakeApiServer:
+    """Just enough of the Kubernetes API for the injector's TLS bootstrap:
+    one namespace's Secrets and the chart's MutatingWebhookConfiguration,
+    over HTTPS, with resourceVersion conflicts like the real one."""
+
+    def __init__(self, certs: Path, mwc: dict):
+        import http.server
+        import threading
+
+        self.secrets: dict[str, dict] = {}
+        self.mwc = copy.deepcopy(mwc)
+        self.mwc["metadata"]["resourceVersion"] = "1"
+        self.requests: list[tuple[str, str]] = []
+        self.version = 1
+        self.lock = threading.Lock()
+        api = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def reply(self, code: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def status(self, code: int, reason: str) -> None:
+                self.reply(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                  "message": reason, "reason": reason, "code": code})
+
+            def body(self) -> dict:
+                n = int(self.headers.get("content-length", 0))
+                return json.loads(self.rfile.read(n) or b"{}")
+
+            def handle_any(self, method: str) -> None:
+                path = self.path.split("?")[0]
+                api.requests.append((method, path))
+                if self.headers.get("authorization") != "Bearer fake-token":
+                    return self.status(401, "Unauthorized")
+                with api.lock:
+                    api.route(self, method, path)
+
+            def do_GET(self):
+                self.handle_any("GET")
+
+            def do_POST(self):
+                self.handle_any("POST")
+
+            def do_PUT(self):
+                self.handle_any("PUT")
+
+            def do_PATCH(self):
+                self.handle_any("PATCH")
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(certs / "tls.crt", certs / "tls.key")
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def bump(self, obj: dict) -> dict:
+        self.version += 1
+        obj["metadata"]["resourceVersion"] = str(self.version)
+        return obj
+
+    def route(self, h, method: str, path: str) -> None:
+        secrets = "/api/v1/namespaces/roster/secrets"
+        mwc = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/" + self.mwc["metadata"]["name"]
+        if path.startswith(secrets + "/"):
+            name = path.rsplit("/", 1)[1]
+            if method == "GET":
+                return h.reply(200, self.secrets[name]) if name in self.secrets else h.status(404, "NotFound")
+            if method == "PUT":
+                obj = h.body()
+                if name not in self.secrets:
+                    return h.status(404, "NotFound")
+                if obj["metadata"].get("resourceVersion") != self.secrets[name]["metadata"]["resourceVersion"]:
+                    return h.status(409, "Conflict")
+                self.secrets[name] = self.bump(obj)
+                return h.reply(200, obj)
+        if path == secrets and method == "POST":
+            obj = h.body()
+            name = obj["metadata"]["name"]
+            if name in self.secrets:
+                return h.status(409, "AlreadyExists")
+            self.secrets[name] = self.bump(obj)
+            return h.reply(201, obj)
+        if path == mwc and method == "GET":
+            return h.reply(200, self.mwc)
+        if path == mwc and method == "PATCH":
+            if h.headers.get("content-type") != "application/json-patch+json":
+                return h.status(415, "UnsupportedMediaType")
+            try:
+                self.mwc = self.bump(jsonpatch.apply_patch(self.mwc, h.body()))
+            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as e:
+                return h.status(422, f"Invalid: {e}")
+            return h.reply(200, self.mwc)
+        return h.status(404, "NotFound")
+
+    def ca_bundle(self) -> bytes | None:
+        raw = self.mwc["webhooks"][0]["clientConfig"].get("caBundle")
+        return base64.b64decode(raw) if raw else None
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def wait_until(pred, limit: float) -> bool:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return pred()
+
+
+def served_leaf(port: int, cafile: Path, name: str) -> bytes | None:
+    """The certificate served on 127.0.0.1:port, verified for `name` against `cafile`."""
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as raw:
+            with ctx.wrap_socket(raw, server_hostname=name) as tls:
+                return tls.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError):
+        return None
+
+
+def self_managed_bootstrap(roster: str) -> None:
+    print("[bootstrap] self-managed TLS against a fake API server", flush=True)
+    mwc = next(o for _, o in objects(render({})) if o["kind"] == "MutatingWebhookConfiguration")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        subprocess.run([roster, "inject", "--generate-cert", str(tmp / "api"), "--dns-name", "127.0.0.1"],
+                       capture_output=True, timeout=20, check=True)
+        api = FakeApiServer(tmp / "api", mwc)
+        ca_data = base64.b64encode((tmp / "api" / "ca.crt").read_bytes()).decode()
+        (tmp / "kubeconfig").write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": f"https://127.0.0.1:{api.port}",
+                                                      "certificate-authority-data": ca_data}}],
+            "users": [{"name": "fake", "user": {"token": "fake-token"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": "roster"}}],
+        }))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ROSTER_")}
+        env.update({"KUBECONFIG": str(tmp / "kubeconfig"), "RUST_LOG": "info",
+                    "ROSTER_NAMESPACE": "roster", "ROSTER_TLS_SECRET": "roster-injector-tls",
+                    "ROSTER_WEBHOOK_CONFIG": mwc["metadata"]["name"], "ROSTER_SERVICE": "roster-injector",
+                    "ROSTER_RECONCILE_INTERVAL": "1s"})
+        procs = []
+        try:
+            ports = [free_port(), free_port()]
+            log = tempfile.TemporaryFile()
+            procs.append(subprocess.Popen([roster, "inject", "--listen", f"127.0.0.1:{ports[0]}"],
+                                          env=env, stdout=log, stderr=subprocess.STDOUT))
+            created = wait_until(lambda: "roster-injector-tls" in api.secrets and api.ca_bundle(), 20)
+            if not check(bool(created), "injector created its TLS Secret and patched the caBundle"):
+                log.seek(0)
+                print(log.read().decode(errors="replace")[-3000:])
+                return
+            secret = api.secrets["roster-injector-tls"]
+            ca = base64.b64decode(secret["data"]["ca.crt"])
+            check(secret["type"] == "kubernetes.io/tls"
+                  and set(secret["data"]) == {"ca.crt", "ca.key", "tls.crt", "tls.key"},
+                  "Secret roster-injector-tls: kubernetes.io/tls with ca.crt, ca.key, tls.crt, tls.key")
+            check(api.ca_bundle() == ca, "MutatingWebhookConfiguration caBundle is the Secret's CA")
+            (tmp / "ca.crt").write_bytes(ca)
+            leaf = base64.b64decode(secret["data"]["tls.crt"])
+            served = wait_until(lambda: served_leaf(ports[0], tmp / "ca.crt", "roster-injector.roster.svc"), 10)
+            check(bool(served), "serves a certificate for roster-injector.roster.svc that chains to that CA")
+            check(ssl.DER_cert_to_PEM_cert(served_leaf(ports[0], tmp / "ca.crt", "roster-injector.roster.svc")
+                                           or b"").encode().strip() == leaf.strip(),
+                  "the served certificate is the Secret's tls.crt")
+
+            # A second replica reuses the Secret: one CA for both.
+            procs.append(subprocess.Popen([roster, "inject", "--listen", f"127.0.0.1:{ports[1]}"],
+                                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            second = wait_until(lambda: served_leaf(ports[1], tmp / "ca.crt", "roster-injector.roster.svc"), 15)
+            writes = [r for r in api.requests if r[0] in ("POST", "PUT")]
+            check(bool(second) and len(writes) == 1 and api.ca_bundle() == ca,
+                  "a second replica serves the same Secret (one create, no rewrite, same caBundle)")
+
+            # An upgrade or re-apply that wipes the caBundle is repaired.
+            with api.lock:
+                del api.mwc["webhooks"][0]["clientConfig"]["caBundle"]
+            check(wait_until(lambda: api.ca_bundle() == ca, 10), "a wiped caBundle is restored by the reconcile loop")
+            patches = [r for r in api.requests if r[0] == "PATCH"]
+            check(all(p[1].endswith("/" + mwc["metadata"]["name"]) for p in patches),
+                  "only its own MutatingWebhookConfiguration is patched (RBAC resourceNames)")
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+                    try:
+                        p.wait(timeout=15)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
+                        p.wait(timeout=5)
+            api.stop()
+        check(all(p.returncode == 0 for p in procs), "self-managed injectors exit 0 on SIGTERM")
+
+
 # -------------------------------------------------------------------- main
 
 
@@ -759,9 +985,12 @@ def main() -> int:
     check_lint(versions)
     for label, values in VALUE_SETS.items():
         check_value_set(label, values, versions, args.roster)
+    for label in MIN_KUBE_SETS:
+        check_value_set(label, VALUE_SETS[label], [MIN_KUBE], args.roster, kube_version=MIN_KUBE)
     check_bad_values()
     check_fresh(args.roster)
-    webhook_round_trip(args.roster, versions)
+    webhook_round_trip(args.roster, [MIN_KUBE] + versions)
+    self_managed_bootstrap(args.roster)
     took = time.monotonic() - start
     if FAILURES:
         print(f"\nkit checks: {len(FAILURES)} FAILED ({took:.0f}s)")

@@ -131,6 +131,9 @@ seccompProfile:
 {{- if and (ne .Values.lb.kind "DaemonSet") (or .Values.lb.hostNetwork .Values.lb.hostPort) -}}
 {{- fail "lb.hostNetwork and lb.hostPort need lb.kind: DaemonSet" -}}
 {{- end -}}
+{{- if and .Values.lb.hostNetwork .Values.lb.hostPort (ne (int .Values.lb.hostPort) (int (include "roster.proxyPort" .))) -}}
+{{- fail "with lb.hostNetwork the proxy already listens on the node at config.lb.listen's port: leave lb.hostPort 0 (or equal to it)" -}}
+{{- end -}}
 {{- if and (eq .Values.auth.mode "token") (not .Values.auth.token.secretName) -}}
 {{- fail "auth.mode token needs auth.token.secretName" -}}
 {{- end -}}
