@@ -258,6 +258,8 @@ BAD_VALUES: dict[str, dict] = {
     "config.lb.algorithm random": {"config": {"lb": {"algorithm": "random"}}},
     "config.discovery.metrics_port 70000": {"config": {"discovery": {"metrics_port": 70000}}},
     "unknown top-level key": {"lbs": {}},
+    "injector.agent.resources memory 64MB": {"injector": {"agent": {"resources": {"limits": {"memory": "64MB"}}}}},
+    "lb.resources.limit (typo)": {"lb": {"resources": {"limit": {"cpu": "1"}}}},
     "hostNetwork with a Deployment": {"lb": {"hostNetwork": True}},
     "hostNetwork with a hostPort other than the listen port": {
         "lb": {"kind": "DaemonSet", "hostNetwork": True, "hostPort": 80}},

@@ -14,6 +14,39 @@ use crate::config::{Config, duration_schema};
 /// A Kubernetes object passed through as is.
 type Object = Map<String, Value>;
 
+/// A Kubernetes resource quantity ("10m", "64Mi", "0.5", 1).
+pub const QUANTITY_PATTERN: &str =
+    r"^[+]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?[0-9]+))?$";
+
+/// A quantity, as YAML gives it: a string, or a plain number.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Quantity(pub Value);
+
+impl JsonSchema for Quantity {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Quantity".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A Kubernetes quantity: \"100m\", \"64Mi\", 1.",
+            "anyOf": [
+                {"type": "string", "pattern": QUANTITY_PATTERN},
+                {"type": "number", "minimum": 0}
+            ]
+        })
+    }
+}
+
+/// Container resources: only `requests` and `limits`, with valid quantities.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Resources {
+    pub requests: std::collections::BTreeMap<String, Quantity>,
+    pub limits: std::collections::BTreeMap<String, Quantity>,
+}
+
 /// `values.yaml`.
 #[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default, rename_all = "camelCase")]
@@ -87,7 +120,7 @@ pub struct Lb {
     /// Sleep before SIGTERM so Service endpoints stop sending first.
     #[schemars(range(min = 0, max = 300))]
     pub pre_stop_sleep_seconds: u32,
-    pub resources: Object,
+    pub resources: Resources,
     pub pod_annotations: std::collections::BTreeMap<String, String>,
     pub pod_labels: std::collections::BTreeMap<String, String>,
     pub node_selector: std::collections::BTreeMap<String, String>,
@@ -168,7 +201,7 @@ pub struct Injector {
     /// The injected agent.
     pub agent: Agent,
     pub tls: InjectorTls,
-    pub resources: Object,
+    pub resources: Resources,
     pub pod_annotations: std::collections::BTreeMap<String, String>,
     pub node_selector: std::collections::BTreeMap<String, String>,
     pub tolerations: Vec<Object>,
@@ -181,7 +214,7 @@ pub struct Injector {
 #[serde(deny_unknown_fields, default, rename_all = "camelCase")]
 pub struct Agent {
     /// Resources of each injected `roster-agent`.
-    pub resources: Object,
+    pub resources: Resources,
     /// LB control addresses agents announce to (host:port); empty: the chart's `<release>-lb-control` Service.
     pub load_balancers: Vec<String>,
 }

@@ -123,11 +123,9 @@ impl InjectArgs {
     pub fn inject_config(&self) -> Result<InjectConfig, ConfigError> {
         let resources = match &self.agent_resources {
             None => patch::default_resources(),
-            Some(json) => serde_json::from_str::<ResourceRequirements>(json).map_err(|e| {
-                ConfigError::Invalid {
-                    field: "--agent-resources",
-                    message: e.to_string(),
-                }
+            Some(json) => parse_resources(json).map_err(|message| ConfigError::Invalid {
+                field: "--agent-resources",
+                message,
             })?,
         };
         let token = match (&self.token_secret, self.kubernetes_auth) {
@@ -167,6 +165,84 @@ impl InjectArgs {
             scrape_annotations: self.scrape_annotations,
         })
     }
+}
+
+/// Resources JSON as the API server will accept it: a typo or a bad
+/// quantity here would otherwise only show when pods fail to be created.
+fn parse_resources(json: &str) -> Result<ResourceRequirements, String> {
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let obj = v.as_object().ok_or("must be a JSON object")?;
+    for (key, section) in obj {
+        if key != "requests" && key != "limits" {
+            return Err(format!("unknown key {key:?} (requests, limits)"));
+        }
+        let section = section
+            .as_object()
+            .ok_or_else(|| format!("{key} must be an object"))?;
+        for (name, q) in section {
+            let text = match q {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                other => return Err(format!("{key}.{name}: {other} is not a quantity")),
+            };
+            if !is_quantity(&text) {
+                return Err(format!("{key}.{name}: {text:?} is not a quantity"));
+            }
+        }
+    }
+    // Numbers become strings: k8s-openapi's Quantity is a string.
+    let normalized: serde_json::Map<_, _> = obj
+        .iter()
+        .map(|(k, section)| {
+            let section = section
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(n, q)| {
+                    let s = q.as_str().map_or_else(|| q.to_string(), String::from);
+                    (n.clone(), serde_json::Value::String(s))
+                })
+                .collect();
+            (k.clone(), serde_json::Value::Object(section))
+        })
+        .collect();
+    serde_json::from_value(serde_json::Value::Object(normalized)).map_err(|e| e.to_string())
+}
+
+/// A Kubernetes quantity: a non-negative decimal, then an optional binary
+/// (Ki..Ei), decimal (n, u, m, k, M..E) or exponent suffix.
+pub fn is_quantity(s: &str) -> bool {
+    let s = s.strip_prefix('+').unwrap_or(s);
+    let end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, suffix) = s.split_at(end);
+    let digits_ok = match num.split_once('.') {
+        Some((a, b)) => (!a.is_empty() || !b.is_empty()) && !b.contains('.'),
+        None => !num.is_empty(),
+    };
+    let suffix_ok = matches!(
+        suffix,
+        "" | "Ki"
+            | "Mi"
+            | "Gi"
+            | "Ti"
+            | "Pi"
+            | "Ei"
+            | "n"
+            | "u"
+            | "m"
+            | "k"
+            | "M"
+            | "G"
+            | "T"
+            | "P"
+            | "E"
+    ) || suffix
+        .strip_prefix(['e', 'E'])
+        .map(|e| e.strip_prefix(['+', '-']).unwrap_or(e))
+        .is_some_and(|e| !e.is_empty() && e.chars().all(|c| c.is_ascii_digit()));
+    digits_ok && suffix_ok
 }
 
 /// `--generate-cert DIR`: write a CA and a serving certificate, return the names used.
@@ -258,5 +334,93 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        inject: InjectArgs,
+    }
+
+    fn config(args: &[&str]) -> Result<InjectConfig, ConfigError> {
+        let cli = Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied()))
+            .expect("flags parse");
+        cli.inject.inject_config()
+    }
+
+    #[test]
+    fn flags_build_the_injection_settings() {
+        let c = config(&[
+            "--native-sidecar=false",
+            "--discovery-lb",
+            "lb.edge.svc:8080",
+            "--drain-period",
+            "20s",
+            "--agent-resources",
+            r#"{"requests":{"cpu":"5m","memory":"8Mi"},"limits":{"cpu":1}}"#,
+            "--token-secret",
+            "reg-token",
+        ])
+        .unwrap();
+        assert!(!c.native_sidecar);
+        assert_eq!(c.load_balancers, "lb.edge.svc:8080");
+        assert_eq!(c.drain_period, Duration::from_secs(20));
+        assert_eq!(c.resources.limits.unwrap()["cpu"].0, "1");
+        assert_eq!(
+            c.token,
+            TokenSource::Secret {
+                name: "reg-token".into()
+            }
+        );
+        let c = config(&["--kubernetes-auth=true"]).unwrap();
+        assert_eq!(
+            c.token,
+            TokenSource::ServiceAccount {
+                audience: "roster".into(),
+                expiration_seconds: 3600
+            }
+        );
+        assert!(config(&[]).unwrap().native_sidecar, "native by default");
+    }
+
+    #[test]
+    fn bad_flags_are_named() {
+        for (args, field) in [
+            (
+                &["--agent-resources", r#"{"limit":{"cpu":"1"}}"#][..],
+                "--agent-resources",
+            ),
+            (
+                &["--agent-resources", r#"{"limits":{"cpu":"lots"}}"#],
+                "--agent-resources",
+            ),
+            (&["--agent-resources", "not json"], "--agent-resources"),
+            (
+                &["--kubernetes-auth=true", "--token-expiration", "1m"],
+                "--token-expiration",
+            ),
+            (&["--drain-period", "0s"], "--drain-period"),
+        ] {
+            let err = config(args).unwrap_err().to_string();
+            assert!(err.contains(field), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn quantities() {
+        for ok in [
+            "1", "0.5", ".5", "100m", "64Mi", "1Gi", "2k", "1e3", "1E-2", "+1",
+        ] {
+            assert!(is_quantity(ok), "{ok}");
+        }
+        for bad in ["", "lots", "1.2.3", "64MB", "-1", "1e", "Mi", "."] {
+            assert!(!is_quantity(bad), "{bad}");
+        }
     }
 }
