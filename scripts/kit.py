@@ -368,6 +368,12 @@ def check_value_set(label: str, values: dict, versions: list[str], roster: str,
     roles = {r["metadata"]["name"]: r for r in by_kind.get("ClusterRole", [])}
     inj_role = roles.get("roster-injector-roster")
     if selfmanaged:
+        tls = [o for o in by_kind.get("Secret", []) if o["metadata"]["name"] == "roster-injector-tls"]
+        role = [r for r in by_kind.get("Role", []) if r["metadata"]["name"] == "roster-injector"]
+        check(len(tls) == 1 and "data" not in tls[0] and role and role[0]["rules"] == [{
+            "apiGroups": [""], "resources": ["secrets"], "resourceNames": ["roster-injector-tls"],
+            "verbs": ["get", "update"]}],
+            f"{label}: empty TLS Secret owned by the release; injector may get/update only that Secret")
         check(inj_role is not None and inj_role["rules"] == [{
             "apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
             "resourceNames": ["roster-injector-roster"], "verbs": ["get", "patch"]}],
@@ -895,12 +901,15 @@ def served_leaf(port: int, cafile: Path, name: str) -> bytes | None:
 
 def self_managed_bootstrap(roster: str) -> None:
     print("[bootstrap] self-managed TLS against a fake API server", flush=True)
-    mwc = next(o for _, o in objects(render({})) if o["kind"] == "MutatingWebhookConfiguration")
+    rendered = objects(render({}))
+    mwc = next(o for _, o in rendered if o["kind"] == "MutatingWebhookConfiguration")
+    empty = next(o for _, o in rendered if o["kind"] == "Secret" and o["metadata"]["name"] == "roster-injector-tls")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         subprocess.run([roster, "inject", "--generate-cert", str(tmp / "api"), "--dns-name", "127.0.0.1"],
                        capture_output=True, timeout=20, check=True)
         api = FakeApiServer(tmp / "api", mwc)
+        api.secrets["roster-injector-tls"] = api.bump(copy.deepcopy(empty))  # as the chart creates it
         ca_data = base64.b64encode((tmp / "api" / "ca.crt").read_bytes()).decode()
         (tmp / "kubeconfig").write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": "fake",
@@ -920,16 +929,16 @@ def self_managed_bootstrap(roster: str) -> None:
             log = tempfile.TemporaryFile()
             procs.append(subprocess.Popen([roster, "inject", "--listen", f"127.0.0.1:{ports[0]}"],
                                           env=env, stdout=log, stderr=subprocess.STDOUT))
-            created = wait_until(lambda: "roster-injector-tls" in api.secrets and api.ca_bundle(), 20)
-            if not check(bool(created), "injector created its TLS Secret and patched the caBundle"):
+            created = wait_until(lambda: api.secrets["roster-injector-tls"].get("data") and api.ca_bundle(), 20)
+            if not check(bool(created), "injector filled the chart's empty TLS Secret and patched the caBundle"):
                 log.seek(0)
                 print(log.read().decode(errors="replace")[-3000:])
                 return
             secret = api.secrets["roster-injector-tls"]
             ca = base64.b64decode(secret["data"]["ca.crt"])
-            check(secret["type"] == "kubernetes.io/tls"
+            check(secret["type"] == "Opaque"
                   and set(secret["data"]) == {"ca.crt", "ca.key", "tls.crt", "tls.key"},
-                  "Secret roster-injector-tls: kubernetes.io/tls with ca.crt, ca.key, tls.crt, tls.key")
+                  "Secret roster-injector-tls: type kept, ca.crt, ca.key, tls.crt, tls.key")
             check(api.ca_bundle() == ca, "MutatingWebhookConfiguration caBundle is the Secret's CA")
             (tmp / "ca.crt").write_bytes(ca)
             leaf = base64.b64decode(secret["data"]["tls.crt"])
@@ -944,8 +953,9 @@ def self_managed_bootstrap(roster: str) -> None:
                                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             second = wait_until(lambda: served_leaf(ports[1], tmp / "ca.crt", "roster-injector.roster.svc"), 15)
             writes = [r for r in api.requests if r[0] in ("POST", "PUT")]
-            check(bool(second) and len(writes) == 1 and api.ca_bundle() == ca,
-                  "a second replica serves the same Secret (one create, no rewrite, same caBundle)")
+            check(bool(second) and writes == [("PUT", "/api/v1/namespaces/roster/secrets/roster-injector-tls")]
+                  and api.ca_bundle() == ca,
+                  "a second replica serves the same Secret (one write in all, no create, same caBundle)")
 
             # An upgrade or re-apply that wipes the caBundle is repaired.
             with api.lock:

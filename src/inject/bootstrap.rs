@@ -9,8 +9,8 @@
 //! replicas starting together agree on one CA (the loser of the race
 //! re-reads). The CA stays stable for years, so a renewal never invalidates
 //! the `caBundle` another replica relies on. RBAC: `get`/`update` on that
-//! one Secret, `create` on Secrets in the namespace, `get`/`patch` on that
-//! one MutatingWebhookConfiguration.
+//! one Secret (plus `create` when nothing pre-creates it; the chart does),
+//! `get`/`patch` on that one MutatingWebhookConfiguration.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -108,8 +108,9 @@ pub async fn ensure_secret(client: &Client, sm: &SelfManaged) -> Result<Bundle, 
         let result = match existing {
             Some(mut secret) => {
                 // resourceVersion stays: a concurrent writer makes this a 409.
+                // The type stays too (immutable): the chart pre-creates an
+                // empty Opaque Secret so that Helm owns and deletes it.
                 secret.data = Some(secret_data(&next));
-                secret.type_ = Some("kubernetes.io/tls".into());
                 api.replace(&sm.secret_name, &PostParams::default(), &secret)
                     .await
                     .map(|_| ())
