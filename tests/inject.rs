@@ -77,7 +77,7 @@ async fn serves_tls_from_files_and_reloads_them() {
     std::fs::copy(a.path().join("tls.crt"), &crt).unwrap();
     std::fs::copy(a.path().join("tls.key"), &key).unwrap();
 
-    let addr = free_addr("127.0.2.1");
+    let addr = free_addr("127.0.40.1");
     let mut inject = Proc::spawn(
         "inject",
         &[
@@ -151,7 +151,7 @@ fn cert_and_key_go_together() {
 
 #[test]
 fn unreadable_cert_files_are_named() {
-    let addr = free_addr("127.0.2.2");
+    let addr = free_addr("127.0.40.2");
     let out = Command::new(BIN)
         .args(["inject", "--listen", &addr.to_string()])
         .args([
