@@ -1,6 +1,8 @@
 # roster — the commands a developer and CI need.
 SHELL := /bin/bash
 CARGO ?= cargo
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+IMAGE ?= roster:$(VERSION)
 
 .PHONY: all build release test test-rust test-kit lint fmt setup demo run-lb bench e2e image manifests schema clean
 
@@ -38,8 +40,23 @@ demo: build
 run-lb: build
 	./target/debug/roster lb --allowed-networks 127.0.0.0/8 --listen 127.0.0.1:8000 --control-listen 127.0.0.1:8080
 
+## The chart's values.schema.json, from the Rust types (`roster schema` prints the config file's).
 schema: build
-	./target/debug/roster schema
+	./target/debug/roster schema --helm > charts/roster/values.schema.json
+	@echo "wrote charts/roster/values.schema.json"
+
+## manifests/ for `kubectl apply -k manifests/`, rendered from the chart (never edit by hand).
+manifests: schema
+	scripts/setup.sh kit
+	.venv/bin/python scripts/kit.py manifests manifests
+
+## The container image (needs docker): one binary, distroless, non-root.
+image:
+	docker build -t $(IMAGE) .
+
+## kind cluster end to end (needs docker, kind, helm, kubectl; not part of `make test`).
+e2e:
+	IMAGE=$(IMAGE) kind/e2e.sh
 
 clean:
 	$(CARGO) clean

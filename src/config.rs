@@ -64,7 +64,7 @@ pub struct DiscoveryConfig {
     pub load_balancers: Vec<String>,
     /// Heartbeat period (humantime, e.g. "30s"); ±10% jitter is applied.
     #[serde(with = "humantime_serde")]
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "duration_schema")]
     pub announce_interval: Duration,
     /// Port of the vitals server (`/metrics`, `/telemetry`).
     pub metrics_port: u16,
@@ -86,11 +86,11 @@ impl Default for DiscoveryConfig {
 pub struct HealthCheckConfig {
     /// Time between two checks of one backend.
     #[serde(with = "humantime_serde")]
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "duration_schema")]
     pub interval: Duration,
     /// Time allowed for one check.
     #[serde(with = "humantime_serde")]
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "duration_schema")]
     pub timeout: Duration,
     /// Path of the JSON vitals on the backend's metrics port.
     pub path: String,
@@ -153,19 +153,19 @@ pub struct LbConfig {
     pub hash_header: String,
     /// Time given to in-flight requests on SIGTERM.
     #[serde(with = "humantime_serde")]
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "duration_schema")]
     pub grace_period: Duration,
     /// Time allowed to connect to a backend.
     #[serde(with = "humantime_serde")]
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "duration_schema")]
     pub connect_timeout: Duration,
     /// Time allowed between two reads from a backend.
     #[serde(with = "humantime_serde")]
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "duration_schema")]
     pub read_timeout: Duration,
     /// Idle upstream connections are closed after this long.
     #[serde(with = "humantime_serde")]
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "duration_schema")]
     pub idle_timeout: Duration,
     /// Idle upstream connections kept for reuse, across all backends. Large
     /// pools keep reuse high when round robin cycles through many backends.
@@ -195,7 +195,7 @@ pub struct LbConfig {
     /// registry has stabilized (every entry checked, no newcomer for two
     /// health intervals), so clients are not sent to an LB still refilling.
     #[serde(with = "humantime_serde")]
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "duration_schema")]
     pub warmup: Duration,
 }
 
@@ -229,7 +229,7 @@ impl Default for LbConfig {
 pub struct RegistrationConfig {
     /// An entry not renewed within this time leaves the registry.
     #[serde(with = "humantime_serde")]
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "duration_schema")]
     pub lease_ttl: Duration,
     /// File holding the bearer token agents must send; null = open.
     pub token_file: Option<PathBuf>,
@@ -383,6 +383,18 @@ impl Config {
         self.registration.networks()?;
         Ok(())
     }
+}
+
+/// What `humantime` accepts ("500ms", "5s", "1m 30s"), for the JSON Schema.
+pub const DURATION_PATTERN: &str = r"^\s*([0-9]+\s*(nanos|nsec|ns|usec|us|µs|millis|msec|ms|seconds|second|secs|sec|s|minutes|minute|mins|min|m|hours|hour|hrs|hr|h|days|day|d|weeks|week|wks|wk|w|months|month|M|years|year|yrs|yr|y)\s*)+$";
+
+/// JSON Schema of a humantime duration string.
+pub fn duration_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "pattern": DURATION_PATTERN,
+        "examples": ["5s", "500ms", "1m 30s"],
+    })
 }
 
 /// Parse a humantime duration for a clap flag ("500ms", "5s", "1m").

@@ -11,6 +11,10 @@
 pub mod config;
 /// Vitals health checks, one task per backend.
 pub mod health;
+/// The Helm chart's values, typed: `roster schema --helm`.
+pub mod helm;
+/// `roster inject`: the sidecar-injecting admission webhook.
+pub mod inject;
 /// `roster lb`: pingora proxy, selection, control API.
 pub mod lb;
 /// Wire types: registration, vitals, registry view.
@@ -36,4 +40,8 @@ pub enum Error {
     Http(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error("TLS: {0}")]
+    Cert(#[from] inject::certs::CertError),
+    #[error("webhook TLS bootstrap: {0}")]
+    Bootstrap(#[from] inject::bootstrap::BootstrapError),
 }

@@ -22,8 +22,17 @@ enum Command {
     Lb(Box<LbArgs>),
     /// Print the LB's registry as a table.
     Status(roster::status::StatusArgs),
-    /// Print the JSON Schema of the config file.
-    Schema,
+    /// Run the mutating admission webhook that injects the roster-agent sidecar.
+    Inject(Box<roster::inject::InjectArgs>),
+    /// Print the JSON Schema of the config file (or of the Helm chart's values).
+    Schema(SchemaArgs),
+}
+
+#[derive(clap::Args)]
+struct SchemaArgs {
+    /// Print the Helm chart's values.schema.json instead (`config:` is the config file's schema).
+    #[arg(long)]
+    helm: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,7 +53,26 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(roster::status::run(args))?;
         }
-        Command::Schema => {
+        Command::Inject(args) => {
+            if let Some(dir) = &args.generate_cert {
+                let names = roster::inject::generate_cert(&args, dir)
+                    .context("roster inject --generate-cert")?;
+                println!(
+                    "wrote {0}/ca.crt, {0}/tls.crt and {0}/tls.key for {1}",
+                    dir.display(),
+                    names.join(", ")
+                );
+                return Ok(());
+            }
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(roster::inject::run(*args))
+                .context("roster inject")?;
+        }
+        Command::Schema(args) if args.helm => print!("{}", roster::helm::values_schema()),
+        Command::Schema(_) => {
             let schema = schemars::schema_for!(Config);
             println!("{}", serde_json::to_string_pretty(&schema)?);
         }
