@@ -18,14 +18,16 @@ if [ "${ROSTER_UI_NO_INSTALL:-0}" != 1 ]; then
   scripts/setup.sh browser || echo "ui test: could not install chromium (scripts/setup.sh browser failed)"
 fi
 export CHROMIUM="${CHROMIUM:-$(command -v chromium || true)}"
-[ -n "$CHROMIUM" ] || skip "chromium is not installed (Debian: apt-get install chromium)"
+{ [ -n "$CHROMIUM" ] && [ -x "$CHROMIUM" ]; } || skip "chromium is not installed (Debian: apt-get install chromium; or set CHROMIUM=/path)"
 command -v node >/dev/null && command -v npm >/dev/null || skip "node and npm are not installed"
 [ "$(node -p 'process.versions.node.split(".")[0]')" -ge 20 ] || skip "node >= 20 needed, found $(node --version)"
 
 (
   cd tests/browser
-  if [ ! -f node_modules/playwright-core/package.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  want="$(sha256sum package-lock.json | cut -d' ' -f1)"
+  if [ ! -f node_modules/playwright-core/package.json ] || [ "$(cat node_modules/.roster-lock 2>/dev/null)" != "$want" ]; then
     npm ci --no-audit --no-fund --loglevel=error
+    echo "$want" > node_modules/.roster-lock
   fi
 ) || skip "npm ci failed in tests/browser (is the npm registry reachable?)"
 

@@ -129,12 +129,15 @@ export async function startLb(ip, extra = []) {
   const proxyPort = await freePort(ip);
   const controlPort = await freePort(ip);
   const log = path.join(os.tmpdir(), `roster-ui-lb-${process.pid}-${controlPort}.log`);
-  const args = [
-    'lb', '--listen', `${ip}:${proxyPort}`, '--control-listen', `${ip}:${controlPort}`,
-    '--threads', '1', '--allowed-networks', '127.0.0.0/8', '--health-interval', '500ms',
-    '--health-timeout', '400ms', '--warmup', '0s', '--rate-limit', '0', '--grace-period', '1s',
-    ...extra,
-  ];
+  const defaults = {
+    '--listen': `${ip}:${proxyPort}`, '--control-listen': `${ip}:${controlPort}`,
+    '--threads': '1', '--allowed-networks': '127.0.0.0/8', '--health-interval': '500ms',
+    '--health-timeout': '400ms', '--warmup': '0s', '--rate-limit': '0', '--grace-period': '1s',
+  };
+  // `extra` overrides a default flag of the same name.
+  const args = ['lb'];
+  for (const [flag, value] of Object.entries(defaults)) if (!extra.includes(flag)) args.push(flag, value);
+  args.push(...extra);
   const env = { ...process.env, RUST_LOG: 'warn' };
   delete env.ROSTER_CONFIG;
   const child = spawn(BIN, args, { stdio: ['ignore', 'ignore', fs.openSync(log, 'w')], env });

@@ -62,7 +62,7 @@ before(async () => {
   });
   load = traffic(`${lb.proxy}/`, 40);
   browser = await launchBrowser();
-  page = await browser.newPage({ viewport: { width: 1320, height: 560 }, colorScheme: 'light' });
+  page = await browser.newPage({ viewport: { width: 1320, height: 600 }, colorScheme: 'light' });
   page.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') problems.push(`console ${m.type()}: ${m.text()}`); });
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
   page.on('request', (r) => requests.push(`${r.method()} ${new URL(r.url()).pathname}`));
@@ -106,6 +106,7 @@ test('rows show every backend with the right state, colour class and label', asy
     assert.ok(cls.includes(`st-${state}`), `${id}: ${cls}`);
   }
   assert.match((await rowState('api-broken')).why, /500/, 'why: the check error');
+  assert.match(await page.getAttribute(`${row('api-broken')} .why`, 'title'), /^GET http:\/\/.*\/metrics/);
   assert.match((await rowState('batch-warming')).why, /ready=false/);
   assert.match((await rowState('api-flaky')).why, /^ejected: /);
   // Trouble first: unhealthy rows lead.
@@ -178,7 +179,10 @@ test('the page is read-only and breaks no CSP rule', async () => {
 
 test('screenshot', async () => {
   // Let the charts gather a little history, then take the picture.
-  await sleep(Number(process.env.UI_SCREENSHOT_WAIT_MS || 8000));
+  await sleep(Number(process.env.UI_SCREENSHOT_WAIT_MS || 12000));
+  await page.evaluate(() => { document.getElementById('viewport').scrollTop = 0; document.activeElement?.blur(); });
+  await page.mouse.move(5, 595);
+  await sleep(100);
   fs.mkdirSync(path.dirname(SCREENSHOT), { recursive: true });
   await page.screenshot({ path: SCREENSHOT, type: 'png' });
   const size = fs.statSync(SCREENSHOT).size;
@@ -195,4 +199,11 @@ test('panic mode shows a banner', async () => {
   assert.match(await page.title(), /^PANIC/);
   // Panic routes to verified backends whatever their state: tagged "routed".
   await waitFor('routed tag', 5000, async () => (await page.textContent(`${row('api-flaky')} .tag`)) === 'routed');
+});
+
+test('an unreachable LB shows a banner and keeps the last rows', async () => {
+  await lb.stop();
+  await waitFor('problem banner', 8000, async () => (await page.isVisible('#problem'))
+    && /Cannot read the registry/.test(await page.textContent('#problem')));
+  assert.equal((await visibleIds()).length, 9);
 });

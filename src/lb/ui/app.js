@@ -67,9 +67,10 @@
   }
   function fmtNum(v, digits) {
     if (v === null || v === undefined || !Number.isFinite(v)) return '–';
+    if (v === 0) return '0';
     if (Math.abs(v) >= 10000) return (v / 1000).toFixed(0) + 'k';
     if (Math.abs(v) >= 1000) return (v / 1000).toFixed(1) + 'k';
-    return v.toFixed(digits === undefined ? (Math.abs(v) < 10 && v % 1 ? 1 : 0) : digits);
+    return v.toFixed(digits === undefined ? (Math.abs(v) < 9.95 && v % 1 ? 1 : 0) : digits);
   }
   function ago(iso) {
     const t = Date.parse(iso);
@@ -196,7 +197,7 @@
     }
     const rps = (sc.total - ref.total) / dt;
     const reqs = sc.total - ref.total, bads = sc.bad - ref.bad;
-    el.rps.textContent = fmtNum(rps, rps < 10 ? 1 : 0);
+    el.rps.textContent = fmtNum(rps);
     el.err.textContent = reqs > 0 ? (100 * bads / reqs).toFixed(bads ? 1 : 0) + '%' : '–';
     rpsHist.push([now, rps]);
     while (rpsHist.length && rpsHist[0][0] < now - WINDOW_MS) rpsHist.shift();
@@ -352,7 +353,9 @@
     row._id.title = e.id;
     row._addr.textContent = e.address + (e.weight !== 1 ? '  ×' + e.weight : '');
     const why = whyText(r);
-    row._why.textContent = why;
+    // The row already shows the address: lead with what went wrong (the
+    // tooltip and the detail keep the whole message).
+    row._why.textContent = why.replace(/^GET \S+: /, '');
     row._why.title = why;
     row._why.className = e.routable ? 'why' : 'why bad-' + st;
     row._lease.textContent = fmtDur(e.lease_expires_in_seconds);
