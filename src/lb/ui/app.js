@@ -494,7 +494,11 @@
     return res.text();
   }
 
+  let polling = false;
   async function poll() {
+    // One poll at a time, one timer chain (visibilitychange may call in).
+    if (polling) return;
+    polling = true;
     clearTimeout(pollTimer);
     const t0 = performance.now();
     try {
@@ -536,6 +540,7 @@
     if (document.hidden) pollDelay = Math.max(pollDelay, HIDDEN_POLL_MS);
     el.poll.textContent = `refresh every ${(pollDelay / 1000).toFixed(1)} s · last poll ${Math.round(lastCost)} ms · rows drawn in ${lastRenderMs.toFixed(1)} ms`;
     renderUpdated();
+    polling = false;
     pollTimer = setTimeout(poll, pollDelay);
   }
 
