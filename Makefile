@@ -4,7 +4,7 @@ CARGO ?= cargo
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 IMAGE ?= roster:$(VERSION)
 
-.PHONY: all build release test test-rust test-kit lint fmt setup demo run-lb bench e2e image manifests schema clean
+.PHONY: all build release test test-rust test-kit test-ui lint fmt setup demo run-lb bench e2e image manifests schema clean
 
 all: build
 
@@ -17,8 +17,8 @@ build: setup
 release: setup
 	$(CARGO) build --release
 
-## The one test command (CI runs exactly this): setup, fmt, clippy, tests, kit checks.
-test: setup lint test-rust test-kit
+## The one test command (CI runs exactly this): setup, fmt, clippy, tests, kit checks, UI.
+test: setup lint test-rust test-kit test-ui
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -26,6 +26,10 @@ lint:
 
 test-rust:
 	$(CARGO) test --all-targets
+
+## The operator page in headless Chromium (installs chromium + npm deps; skips without them).
+test-ui:
+	scripts/ui-test.sh
 
 test-kit:
 	@if [ -x scripts/check-kit.sh ]; then scripts/check-kit.sh; else echo "kit checks: none yet"; fi

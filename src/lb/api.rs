@@ -9,6 +9,7 @@
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 once the first health round is done; 503 while warming up or shutting down |
 //! | `GET /telemetry` | Prometheus text, `roster_lb_*` |
+//! | `GET /` | the operator's page ([`super::ui`]) |
 //!
 //! Every 4xx carries `{"error": "..."}` naming the field at fault.
 
@@ -112,6 +113,7 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/backends", get(backends))
         .route("/registry", get(registry))
         .route("/telemetry", get(telemetry))
+        .merge(super::ui::routes())
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             protect_reads,

@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod proxy;
 pub mod select;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
