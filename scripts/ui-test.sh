@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end test of the operator page (GET / on the LB's control port) in
-# headless Chromium, driven by playwright-core; writes docs/ui.png.
+# headless Chromium, driven by playwright-core; writes target/ui.png (UI_SCREENSHOT=docs/ui.png to refresh the README screenshot).
 #   scripts/ui-test.sh               the test (what `make test-ui` runs)
 #   scripts/ui-test.sh --scale N     measure the page with N registered backends
 # Installs chromium (apt) and the npm deps idempotently; skips with a message

@@ -1,7 +1,7 @@
 // End-to-end: the operator page of a real `roster lb` in headless Chromium.
 // An LB, seven fake backends in several states, steady proxied traffic; the
 // page must show each state, follow a backend going `ready: false` without a
-// reload, filter and search, and break no CSP rule. Writes docs/ui.png.
+// reload, filter and search, and break no CSP rule. Writes target/ui.png (UI_SCREENSHOT=docs/ui.png refreshes the README's).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
@@ -10,7 +10,7 @@ import {
   ROOT, IP, startLb, fakeBackend, traffic, launchBrowser, waitFor, sleep, closeServers, freePort,
 } from './harness.mjs';
 
-const SCREENSHOT = process.env.UI_SCREENSHOT || path.join(ROOT, 'docs/ui.png');
+const SCREENSHOT = process.env.UI_SCREENSHOT || path.join(ROOT, 'target/ui.png');
 // Nothing here may take longer: a hung browser or LB fails the run, it does not stall it.
 const HARD_LIMIT_MS = 180000;
 const hard = setTimeout(() => {
