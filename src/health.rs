@@ -160,7 +160,8 @@ impl HealthLoop {
                 .inc();
             let err = match &result {
                 CheckResult::Failed(e) | CheckResult::Stranger(e) => Some(e.clone()),
-                _ => None,
+                CheckResult::NotReady(_) => Some("vitals say ready=false".into()),
+                CheckResult::Ready(_) => None,
             };
             if let Some((from, to)) = self.registry.apply_check(&target, result) {
                 log_flip(&target.id, from, to, err.as_deref());
