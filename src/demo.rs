@@ -131,6 +131,7 @@ pub async fn run_backend(listen: SocketAddr, config: Config) -> Result<(), Agent
         r = serve => r?,
         _ = limit => tracing::warn!("requests still running after the drain: stopping anyway"),
     }
+    tracing::info!("drained: exiting");
     Ok(())
 }
 
@@ -454,22 +455,54 @@ async fn run_children(kids: &mut Vec<Kid>) -> Result<(), DemoError> {
         .map(|k| format!("{} pid {}", k.name, k.pid().unwrap_or(0)))
         .collect();
     let b = DEMO_BACKEND_IPS[0];
-    println!(
+    let lines = [
+        (
+            format!("curl http://{DEMO_CONTROL}/backends"),
+            "the LB's pool",
+        ),
+        (
+            format!("curl http://{DEMO_PROXY}/"),
+            "through the proxy, round robin",
+        ),
+        (
+            format!("curl 'http://{DEMO_PROXY}/slow?ms=2000'"),
+            "a slow request",
+        ),
+        (
+            format!("curl http://{DEMO_PROXY}/fail"),
+            "a 500, counted in failed_responses",
+        ),
+        (
+            format!("curl http://{b}:{DEMO_METRICS_PORT}/metrics"),
+            "a backend's JSON vitals",
+        ),
+        (
+            format!("curl http://{b}:{DEMO_METRICS_PORT}/telemetry"),
+            "the same, as Prometheus text",
+        ),
+        (
+            format!("roster status --lb {DEMO_CONTROL}"),
+            "the LB's registry as a table",
+        ),
+        (
+            "kill -TERM <pid>".to_string(),
+            "a backend drains out of /backends",
+        ),
+    ];
+    let mut text = format!(
         "\nroster demo is up: an LB (proxy {DEMO_PROXY}, control {DEMO_CONTROL}) and 3 backends \
-         on {}.\n\n\
-         \x20 curl http://{DEMO_CONTROL}/backends          # the LB's pool\n\
-         \x20 curl http://{DEMO_PROXY}/                    # through the proxy, round robin\n\
-         \x20 curl http://{DEMO_PROXY}/slow?ms=2000        # a slow request\n\
-         \x20 curl http://{DEMO_PROXY}/fail                # a 500, counted in failed_responses\n\
-         \x20 curl http://{b}:{DEMO_METRICS_PORT}/metrics         # a backend's JSON vitals\n\
-         \x20 curl http://{b}:{DEMO_METRICS_PORT}/telemetry       # the same, as Prometheus text\n\
-         \x20 roster status --lb {DEMO_CONTROL}            # the LB's registry as a table\n\
-         \x20 kill -TERM <pid>                             # a backend drains out of /backends\n\
-         \x20                                              # ({})\n\n\
-         Ctrl-C stops everything.",
-        DEMO_BACKEND_IPS.join(", "),
-        pids.join(", "),
+         on {}.\n\n",
+        DEMO_BACKEND_IPS.join(", ")
     );
+    for (cmd, what) in lines {
+        text.push_str(&format!("  {cmd:<46} # {what}\n"));
+    }
+    text.push_str(&format!(
+        "  {:<46}   ({})\n\nCtrl-C stops everything.",
+        "",
+        pids.join(", ")
+    ));
+    println!("{text}");
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),

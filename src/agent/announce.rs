@@ -326,12 +326,9 @@ pub(crate) async fn run(sh: Arc<Shared>) -> Vec<(SocketAddr, bool)> {
     )
     .await;
     for addr in fresh.values().flatten().copied() {
-        if !tasks.contains_key(&addr) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = tasks.entry(addr) {
             let sh = Arc::clone(&sh);
-            tasks.insert(
-                addr,
-                set.spawn(async move { (addr, deregister(&sh, addr, deadline).await) }),
-            );
+            slot.insert(set.spawn(async move { (addr, deregister(&sh, addr, deadline).await) }));
         }
     }
     let mut out = Vec::new();
