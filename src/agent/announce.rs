@@ -217,12 +217,10 @@ async fn deregister(sh: &Shared, addr: SocketAddr, deadline: Instant) -> bool {
                 None
             }
         };
+        // At least one try, even with a zero drain period.
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        let req =
-            with_token(sh.client.delete(&url), token).timeout(left.min(Duration::from_secs(2)));
+        let timeout = left.clamp(Duration::from_millis(500), Duration::from_secs(2));
+        let req = with_token(sh.client.delete(&url), token).timeout(timeout);
         match req.send().await {
             Ok(r) if r.status().as_u16() == 204 || r.status().as_u16() == 404 => {
                 tracing::info!(lb = %addr, status = r.status().as_u16(), "deregistered");

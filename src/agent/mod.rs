@@ -84,6 +84,8 @@ pub enum AgentError {
     NoAgent { url: String, message: String },
     #[error("the agent at {url} refused to drain: {message}")]
     DrainRefused { url: String, message: String },
+    #[error("interrupted during the drain")]
+    Interrupted,
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -601,18 +603,40 @@ impl AgentHandle {
 }
 
 /// `roster agent`: run until drained (SIGTERM, SIGINT or `roster agent
-/// drain`). A second SIGINT during the drain exits at once.
+/// drain`). A second signal during the drain stops at once.
 pub async fn run(config: Config) -> Result<(), AgentError> {
+    use tokio::signal::unix::{SignalKind, signal};
     let agent = Agent::from_config(&config)?.spawn().await?;
-    agent.drain_on_signals()?;
-    let report = agent.drained().await;
-    tracing::info!(
-        confirmed = report.confirmed.len(),
-        unconfirmed = ?report.unconfirmed,
-        seconds = report.seconds,
-        "drained: exiting"
-    );
-    Ok(())
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let drained = agent.drained();
+    tokio::pin!(drained);
+    let mut signals = 0;
+    loop {
+        let name = tokio::select! {
+            report = &mut drained => {
+                tracing::info!(
+                    confirmed = report.confirmed.len(),
+                    unconfirmed = ?report.unconfirmed,
+                    seconds = report.seconds,
+                    "drained: exiting"
+                );
+                return Ok(());
+            }
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        signals += 1;
+        if signals > 1 {
+            tracing::warn!(
+                signal = name,
+                "second signal: stopping without finishing the drain"
+            );
+            return Err(AgentError::Interrupted);
+        }
+        tracing::info!(signal = name, "draining");
+        agent.start_drain();
+    }
 }
 
 #[cfg(test)]
