@@ -5,11 +5,11 @@
 //! - announces `POST /register` to **every** address each
 //!   `discovery.load_balancers` entry resolves to, at once on start and then
 //!   every `announce_interval` ±10%, each LB address on its own task with its
-//!   own backoff ([`announce`]);
-//! - serves the vitals port ([`vitals`]): `GET /metrics` (JSON vitals),
+//!   own backoff ([`announce`](crate::agent::announce));
+//! - serves the vitals port ([`vitals`](crate::agent::vitals)): `GET /metrics` (JSON vitals),
 //!   `GET /telemetry` (Prometheus), `GET /healthz`, and `POST /drain`
 //!   (loopback callers only);
-//! - drains on SIGTERM or `roster agent drain` ([`drain`]): `ready` goes
+//! - drains on SIGTERM or `roster agent drain` ([`drain`](crate::agent::drain)): `ready` goes
 //!   false at once, `DELETE /register/{id}` goes to every LB address, vitals
 //!   keep being served as not-ready, and it ends after `agent.drain_period`,
 //!   or sooner once every LB confirmed and one LB health interval passed.
@@ -45,9 +45,9 @@
 //!     .await?;
 //! # Ok(()) }
 //! ```
-//! Counters that no layer sees are set by hand: [`AgentHandle::in_flight`]
-//! (a guard), [`AgentHandle::failed_response`],
-//! [`AgentHandle::set_connected_peers`], [`AgentHandle::set_backoff_requests`].
+//! Counters that no layer sees are set by hand: [`AgentHandle::in_flight`](crate::agent::AgentHandle::in_flight)
+//! (a guard), [`AgentHandle::failed_response`](crate::agent::AgentHandle::failed_response),
+//! [`AgentHandle::set_connected_peers`](crate::agent::AgentHandle::set_connected_peers), [`AgentHandle::set_backoff_requests`](crate::agent::AgentHandle::set_backoff_requests).
 
 pub mod announce;
 pub mod drain;
