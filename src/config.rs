@@ -290,8 +290,10 @@ impl Default for AgentConfig {
 #[serde(rename_all = "snake_case")]
 #[value(rename_all = "snake_case")]
 pub enum ResourceMode {
-    /// The cgroup v2 of the process when it runs in a container (its own
-    /// cgroup namespace), else the host.
+    /// Embedded (library, `roster demo-backend`): the cgroup v2 of the
+    /// process when it runs in a container (its own cgroup namespace), else
+    /// the host. The `roster agent` sidecar: the host, since its own cgroup
+    /// is the sidecar container, not the app's.
     #[default]
     Auto,
     /// Always the process's cgroup v2: usage over its limits, or over the

@@ -606,7 +606,13 @@ impl AgentHandle {
 /// drain`). A second signal during the drain stops at once.
 pub async fn run(config: Config) -> Result<(), AgentError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let agent = Agent::from_config(&config)?.spawn().await?;
+    let mut settings = Settings::from_config(&config)?;
+    if settings.resources == ResourceMode::Auto {
+        // A sidecar's own cgroup is its container, not the app's: report
+        // the host unless told otherwise.
+        settings.resources = ResourceMode::Host;
+    }
+    let agent = Agent::new(settings).spawn().await?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let drained = agent.drained();

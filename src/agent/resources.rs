@@ -1,11 +1,14 @@
 //! `cpu_usage`, `memory_usage` and `gpu_usage`, in percent.
 //!
-//! - In a container (the process sees its own cgroup v2 namespace, i.e.
-//!   `/proc/self/cgroup` says `0::/`), or with `agent.resources: cgroup`:
+//! - Embedded in an app that runs in a container (the process sees its own
+//!   cgroup v2 namespace, i.e. `/proc/self/cgroup` says `0::/`), or with
+//!   `agent.resources: cgroup`:
 //!   the cgroup's usage over its limits (`cpu.max`, `memory.max`), or over
 //!   the host's capacity where a limit is `max`. Memory is the working set
 //!   (`memory.current - inactive_file`), as the kubelet counts it.
 //! - Otherwise, or with `agent.resources: host`: the whole host (sysinfo).
+//!   The `roster agent` sidecar resolves `auto` to `host`: its own cgroup is
+//!   the sidecar container's, and the app's is not visible from it.
 //! - GPU: NVML, loaded at run time (`libnvidia-ml.so.1`) when a driver is
 //!   present, averaged over the visible devices; 0.0 otherwise.
 //!
