@@ -295,8 +295,26 @@ pub struct AgentConfig {
     pub address: Option<String>,
     /// Address the vitals server binds (on `discovery.metrics_port`).
     pub metrics_listen: String,
-    /// File holding the bearer token sent to the LBs.
+    /// File holding the bearer token sent to the LBs; re-read on every
+    /// announce and deregistration.
     pub token_file: Option<PathBuf>,
+    /// The app's port: the default address is `$POD_IP:<app_port>`.
+    pub app_port: Option<u16>,
+    /// How `ready` is decided: `http://127.0.0.1:3000/healthz` (2xx),
+    /// `tcp:3000` or `tcp:HOST:PORT` (connect), `none` (always);
+    /// null = TCP connect to `address`.
+    pub app_health: Option<String>,
+    /// URL of a JSON document in the vitals' shape that the app serves; the
+    /// fields it has are merged into the agent's vitals.
+    pub app_vitals: Option<String>,
+    /// Longest time a drain (SIGTERM, `roster agent drain`) lasts before the
+    /// agent exits; it exits sooner once every LB confirmed the removal and
+    /// not-ready has been served for one `health_check.interval`.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub drain_period: Duration,
+    /// Where `cpu_usage` and `memory_usage` come from.
+    pub resources: ResourceMode,
 }
 
 impl Default for AgentConfig {
@@ -306,8 +324,33 @@ impl Default for AgentConfig {
             address: None,
             metrics_listen: "0.0.0.0".into(),
             token_file: None,
+            app_port: None,
+            app_health: None,
+            app_vitals: None,
+            drain_period: Duration::from_secs(10),
+            resources: ResourceMode::Auto,
         }
     }
+}
+
+/// Source of the agent's `cpu_usage` and `memory_usage`.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum ResourceMode {
+    /// Embedded (library, `roster demo-backend`): the cgroup v2 of the
+    /// process when it runs in a container (its own cgroup namespace), else
+    /// the host. The `roster agent` sidecar: the host, since its own cgroup
+    /// is the sidecar container, not the app's.
+    #[default]
+    Auto,
+    /// Always the process's cgroup v2: usage over its limits, or over the
+    /// host's capacity where no limit is set.
+    Cgroup,
+    /// Always the whole host (sysinfo).
+    Host,
 }
 
 impl Config {

@@ -7,8 +7,12 @@
 //! modules below.
 #![forbid(unsafe_code)]
 
+/// `roster agent` and the embeddable agent library: announcer, vitals, drain.
+pub mod agent;
 /// The YAML file, flags and env vars, merged.
 pub mod config;
+/// `roster demo` and `roster demo-backend`: roster on one machine.
+pub mod demo;
 /// Vitals health checks, one task per backend.
 pub mod health;
 /// The Helm chart's values, typed: `roster schema --helm`.
@@ -31,6 +35,8 @@ pub mod telemetry;
 pub enum Error {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Agent(#[from] agent::AgentError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,

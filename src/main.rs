@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use roster::agent::AgentSubcommand;
 use roster::config::{Config, LbArgs};
 
 #[derive(Parser)]
@@ -20,6 +21,12 @@ struct Cli {
 enum Command {
     /// Run the load balancer: Pingora proxy + registry + control API.
     Lb(Box<LbArgs>),
+    /// Run the agent: announce to every LB, serve the vitals port, drain on SIGTERM.
+    Agent(Box<roster::agent::AgentCommand>),
+    /// Run an LB and 3 demo backends on loopback; print what to curl.
+    Demo(roster::demo::DemoArgs),
+    /// A small HTTP backend embedding the agent library (the seed's ./backend).
+    DemoBackend(Box<roster::demo::DemoBackendArgs>),
     /// Print the LB's registry as a table.
     Status(roster::status::StatusArgs),
     /// Run the mutating admission webhook that injects the roster-agent sidecar.
@@ -35,9 +42,16 @@ struct SchemaArgs {
     helm: bool,
 }
 
+fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     roster::telemetry::init_tracing();
+    roster::demo::exit_with_demo_parent();
     match cli.command {
         Command::Lb(args) => {
             let config = args.resolve().context("roster lb: bad configuration")?;
@@ -46,6 +60,60 @@ fn main() -> anyhow::Result<()> {
                 return Ok(());
             }
             roster::lb::run(config).context("roster lb")?;
+        }
+        Command::Agent(cmd) => match &cmd.command {
+            Some(AgentSubcommand::Drain(d)) => {
+                let target = d
+                    .resolve()
+                    .context("roster agent drain: bad configuration")?;
+                let report = current_thread()?
+                    .block_on(roster::agent::drain::request(&target))
+                    .context("roster agent drain")?;
+                println!(
+                    "drained in {:.1}s: {} LB(s) confirmed{}",
+                    report.seconds,
+                    report.confirmed.len(),
+                    if report.unconfirmed.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", no answer from {}", report.unconfirmed.join(", "))
+                    }
+                );
+            }
+            None => {
+                let config = cmd
+                    .args
+                    .resolve()
+                    .context("roster agent: bad configuration")?;
+                if cmd.args.print_config {
+                    print!("{}", serde_yaml::to_string(&config)?);
+                    return Ok(());
+                }
+                // One thread: the agent is small and mostly idle.
+                current_thread()?
+                    .block_on(roster::agent::run(config))
+                    .context("roster agent")?;
+            }
+        },
+        Command::Demo(args) => {
+            current_thread()?
+                .block_on(roster::demo::run(args))
+                .context("roster demo")?;
+        }
+        Command::DemoBackend(args) => {
+            let config = args
+                .resolve()
+                .context("roster demo-backend: bad configuration")?;
+            if args.agent.print_config {
+                print!("{}", serde_yaml::to_string(&config)?);
+                return Ok(());
+            }
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(roster::demo::run_backend(args.listen, config))
+                .context("roster demo-backend")?;
         }
         Command::Status(args) => {
             let rt = tokio::runtime::Builder::new_current_thread()
