@@ -286,3 +286,73 @@ async fn sigterm_drains_in_flight_and_readyz_says_so() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_sigterm_then_app_exit_costs_no_request() {
+    let lb = Lb::start("127.0.19.1", &[]).await;
+    let stay = Backend::start("stay", "127.0.19.2").await;
+    lb.register("stay", stay.addr(), stay.metrics_port()).await;
+    // The leaving backend: an app plus a real `roster agent` sidecar.
+    let leaving = Backend::start("leaving", "127.0.19.3").await;
+    let vitals = common::free_addr("127.0.19.3");
+    let (lb_control, port, app) = (
+        lb.control.to_string(),
+        vitals.port().to_string(),
+        leaving.addr().to_string(),
+    );
+    let mut agent = common::Proc::spawn(
+        "agent",
+        &[
+            "agent",
+            "--discovery-lb",
+            &lb_control,
+            "--metrics-port",
+            &port,
+            "--metrics-listen",
+            "127.0.19.3",
+            "--id",
+            "leaving",
+            "--address",
+            &app,
+            "--announce-interval",
+            "2s",
+            "--drain-period",
+            "5s",
+            "--health-interval",
+            "300ms",
+        ],
+        &[],
+    );
+    lb.wait_backends(&[stay.addr(), leaving.addr()], Duration::from_secs(10))
+        .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(
+        lb.proxy_url("/"),
+        8,
+        Duration::from_secs(20),
+        200_000,
+        Arc::clone(&stop),
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let before = leaving.hits.load(Ordering::Relaxed);
+    assert!(before > 0, "the leaving backend took traffic");
+    agent.signal("TERM");
+    let status = agent
+        .wait_exit(Duration::from_secs(8))
+        .expect("agent exits after draining");
+    assert!(status.success(), "{status:?}");
+    // The app stops right after its agent.
+    leaving.app.kill();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    let report = load.await.unwrap();
+    assert!(report.ok > 200, "{report:?}");
+    assert!(
+        report.failures.is_empty(),
+        "{} failed: {:?}",
+        report.failures.len(),
+        &report.failures[..report.failures.len().min(5)]
+    );
+    assert_eq!(lb.backends().await, [stay.addr().to_string()]);
+}
