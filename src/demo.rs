@@ -485,6 +485,10 @@ async fn run_children(kids: &mut Vec<Kid>) -> Result<(), DemoError> {
             "the LB's registry as a table",
         ),
         (
+            format!("open http://{DEMO_CONTROL}/"),
+            "the live operator page",
+        ),
+        (
             "kill -TERM <pid>".to_string(),
             "a backend drains out of /backends",
         ),
