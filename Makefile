@@ -26,6 +26,7 @@ lint:
 
 test-rust:
 	$(CARGO) test --all-targets
+	$(CARGO) test --doc
 
 ## The operator page in headless Chromium (installs chromium + npm deps; skips without them).
 test-ui:
