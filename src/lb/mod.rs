@@ -104,10 +104,15 @@ impl State {
     }
 
     /// Republish the routable set whenever it changes and rebuild the
-    /// selector. Bursts of changes coalesce into one rebuild.
+    /// selector. A rebuild is O(pool); to keep a burst of changes (10,000
+    /// backends joining at once) from turning into O(pool²) work, the next
+    /// rebuild waits ten times as long as the last one took (capped at
+    /// 250 ms), and every change made meanwhile rides along. Small pools
+    /// rebuild at once.
     pub async fn publish_loop(self: Arc<Self>) {
         let mut panic = false;
         loop {
+            let started = Instant::now();
             let r = self.registry.publish();
             if r.panic != panic {
                 panic = r.panic;
@@ -125,8 +130,14 @@ impl State {
             if let Err(e) = self.selector.update().await {
                 tracing::error!(error = %e, "selector update failed");
             }
-            tracing::debug!(routable = r.addresses.len(), "routable set published");
+            let cost = started.elapsed();
+            tracing::debug!(
+                routable = r.addresses.len(),
+                ?cost,
+                "routable set published"
+            );
             self.registry.wait_dirty().await;
+            tokio::time::sleep((cost * 10).min(Duration::from_millis(250))).await;
         }
     }
 
