@@ -45,11 +45,12 @@ scripts/setup.sh bench
 PROFILE=${BENCH_PROFILE:-release}
 if [ -z "${BENCH_SKIP_BUILD:-}" ]; then
   log "building ($PROFILE): roster and the benchfarm example"
-  if [ "$PROFILE" = release ]; then
-    cargo build --release --quiet --bin roster --example benchfarm
-  else
-    cargo build --quiet --bin roster --example benchfarm
-  fi
+  # Two builds on purpose: the example's dev-dependencies change features of
+  # shared crates, and the roster measured must be the one `cargo build
+  # --release` makes. Both variants stay cached in target/.
+  flag=(); [ "$PROFILE" = release ] && flag=(--release)
+  cargo build "${flag[@]}" --quiet --example benchfarm
+  cargo build "${flag[@]}" --quiet --bin roster
 fi
 ROSTER=$ROOT/target/$PROFILE/roster
 FARM=$ROOT/target/$PROFILE/examples/benchfarm
@@ -232,7 +233,7 @@ if want 2; then
   farm register --lb "127.0.0.1:$((P_R10K + 1))" --count "$BACKENDS" --app-port "$P_GEN" \
     --metrics-port "$P_VITALS" --concurrency 64 >"$W/p2-register-10k.json"
   farm wait-routable --lb "127.0.0.1:$((P_R10 + 1))" --count 10 --timeout 60s >/dev/null
-  farm wait-routable --lb "127.0.0.1:$((P_R10K + 1))" --count "$BACKENDS" --timeout 120s >/dev/null
+  farm wait-routable --lb "127.0.0.1:$((P_R10K + 1))" --count "$BACKENDS" --timeout 240s >"$W/p2-routable-10k.json" || log "  not all $BACKENDS routable: $(cat "$W/p2-routable-10k.json")"
   declare -A URL2=([10]="http://127.0.0.1:$P_R10/" [10k]="http://127.0.0.1:$P_R10K/")
   for t in 10 10k; do DURATION=2 wrk_run "$W/warmup2-$t.txt" "${URL2[$t]}"; done
   for r in $(seq "$ROUNDS"); do
@@ -260,7 +261,7 @@ if want 3; then
   c0=$(ticks "$R3_PID"); t0=$(now)
   farm register --lb "127.0.0.1:$CTL3" --count "$BACKENDS" --app-port "$P_GEN" \
     --metrics-port "$P_VITALS" --concurrency 64 >"$W/p3-register.json"
-  farm wait-routable --lb "127.0.0.1:$CTL3" --count "$BACKENDS" --timeout 120s >"$W/p3-routable.json"
+  farm wait-routable --lb "127.0.0.1:$CTL3" --count "$BACKENDS" --timeout 240s >"$W/p3-routable.json" || log "  not all $BACKENDS routable"
   t1=$(now); c1=$(ticks "$R3_PID")
   fact p3.all_routable_s "$(awk -v s="$t0" -v e="$t1" 'BEGIN {printf "%.2f", e - s}')"
   fact p3.fill_cpu_percent "$(awk -v a="$c0" -v b="$c1" -v s="$t0" -v e="$t1" -v hz="$(getconf CLK_TCK)" \
