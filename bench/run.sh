@@ -233,7 +233,7 @@ if want 2; then
   farm register --lb "127.0.0.1:$((P_R10K + 1))" --count "$BACKENDS" --app-port "$P_GEN" \
     --metrics-port "$P_VITALS" --concurrency 64 >"$W/p2-register-10k.json"
   farm wait-routable --lb "127.0.0.1:$((P_R10 + 1))" --count 10 --timeout 60s >/dev/null
-  farm wait-routable --lb "127.0.0.1:$((P_R10K + 1))" --count "$BACKENDS" --timeout 240s >"$W/p2-routable-10k.json" || log "  not all $BACKENDS routable: $(cat "$W/p2-routable-10k.json")"
+  farm wait-routable --lb "127.0.0.1:$((P_R10K + 1))" --count "$BACKENDS" --timeout 240s >"$W/p2-routable-10k.json" 2>>"$W/clients.log" || log "  not all $BACKENDS routable: $(cat "$W/p2-routable-10k.json")"
   declare -A URL2=([10]="http://127.0.0.1:$P_R10/" [10k]="http://127.0.0.1:$P_R10K/")
   for t in 10 10k; do DURATION=2 wrk_run "$W/warmup2-$t.txt" "${URL2[$t]}"; done
   for r in $(seq "$ROUNDS"); do
@@ -261,7 +261,7 @@ if want 3; then
   c0=$(ticks "$R3_PID"); t0=$(now)
   farm register --lb "127.0.0.1:$CTL3" --count "$BACKENDS" --app-port "$P_GEN" \
     --metrics-port "$P_VITALS" --concurrency 64 >"$W/p3-register.json"
-  farm wait-routable --lb "127.0.0.1:$CTL3" --count "$BACKENDS" --timeout 240s >"$W/p3-routable.json" || log "  not all $BACKENDS routable"
+  farm wait-routable --lb "127.0.0.1:$CTL3" --count "$BACKENDS" --timeout 240s >"$W/p3-routable.json" 2>>"$W/clients.log" || log "  not all $BACKENDS routable within 240 s"
   t1=$(now); c1=$(ticks "$R3_PID")
   fact p3.all_routable_s "$(awk -v s="$t0" -v e="$t1" 'BEGIN {printf "%.2f", e - s}')"
   fact p3.fill_cpu_percent "$(awk -v a="$c0" -v b="$c1" -v s="$t0" -v e="$t1" -v hz="$(getconf CLK_TCK)" \
