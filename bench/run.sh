@@ -4,9 +4,9 @@
 #
 #   1. proxy throughput/latency: roster, nginx, HAProxy and direct, same
 #      backends, same thread count, wrk in alternating rounds, medians
-#   2. selection vs pool size: roster with 10 and with 10,000 healthy backends
 #   3. registry at scale: 10,000 backends checked every 5s: CPU, RSS,
 #      registration time, time until all routable, detection of 100 not-ready
+#   2. selection vs pool size: traffic through that LB vs one with 10 backends
 #   4. agent footprint: idle RSS and CPU of one `roster agent`
 #
 # Loopback only; every process it starts is stopped by PID on exit; every
@@ -17,6 +17,7 @@
 #   BENCH_OUT=BENCHMARKS.md  BENCH_KEEP=1 (keep the work dir with all logs)
 #   BENCH_SKIP_BUILD=1  BENCH_PARTS="1 2 3 4"
 #   BENCH_PROFILE=debug (only to develop this script: numbers are meaningless)
+#   BENCH_ROSTER=/path/to/roster (A/B a candidate build against the peers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -52,7 +53,7 @@ if [ -z "${BENCH_SKIP_BUILD:-}" ]; then
   cargo build "${flag[@]}" --quiet --example benchfarm
   cargo build "${flag[@]}" --quiet --bin roster
 fi
-ROSTER=$ROOT/target/$PROFILE/roster
+ROSTER=${BENCH_ROSTER:-$ROOT/target/$PROFILE/roster}
 FARM=$ROOT/target/$PROFILE/examples/benchfarm
 for b in "$ROSTER" "$FARM"; do [ -x "$b" ] || { echo "missing $b" >&2; exit 1; }; done
 
@@ -62,10 +63,10 @@ chmod 755 "$W"
 # 100 (generated apps on 0.0.0.0); LBs from 200 up.
 P_APP=$((BASE + 1)); P_VITALS=$((BASE + 90)); P_FARMCTL=$((BASE + 99)); P_GEN=$((BASE + 100))
 P_ROSTER=$((BASE + 200)); P_NGINX=$((BASE + 210)); P_HAPROXY=$((BASE + 220))
-P_R10=$((BASE + 300)); P_R10K=$((BASE + 310)); P_R3=$((BASE + 400)); P_R4=$((BASE + 500))
+P_R10=$((BASE + 300)); P_R3=$((BASE + 400)); P_R4=$((BASE + 500))
 P_AGENT=$((BASE + 590))
 for p in $P_APP $((P_APP + 1)) $((P_APP + 2)) $((P_APP + 3)) $P_VITALS $P_FARMCTL $P_GEN \
-  $P_ROSTER $((P_ROSTER + 1)) $P_NGINX $P_HAPROXY $P_R10 $((P_R10 + 1)) $P_R10K $((P_R10K + 1)) \
+  $P_ROSTER $((P_ROSTER + 1)) $P_NGINX $P_HAPROXY $P_R10 $((P_R10 + 1)) \
   $P_R3 $((P_R3 + 1)) $P_R4 $((P_R4 + 1)) $P_AGENT; do
   if [ -n "$(ss -Hltn "sport = :$p" 2>/dev/null)" ]; then
     echo "port $p is in use; set BENCH_PORT_BASE" >&2
@@ -140,7 +141,8 @@ cpu_window() {
   fact "$prefix.rss_kb" "$(kb "$pid" VmRSS)"
   fact "$prefix.hwm_kb" "$(kb "$pid" VmHWM)"
 }
-telemetry_sum() { curl -s --max-time 5 "http://127.0.0.1:$1/telemetry" | awk -v m="$2" '$1 ~ "^"m {s += $2} END {printf "%.6f", s}'; }
+# telemetry_sum CTLPORT REGEX: sum of the series whose name{labels} match.
+telemetry_sum() { curl -s --max-time 10 "http://127.0.0.1:$1/telemetry" | awk -v m="$2" '$1 ~ "^"m {s += $2} END {printf "%.6f", s}'; }
 # wrk_run FILE URL: one bounded wrk run on the load cores.
 wrk_run() {
   timeout $((DURATION + 30)) taskset -c "$LOAD_CPUS" \
@@ -189,7 +191,9 @@ if want 1; then
   sed -e "s|@THREADS@|$THREADS|; s|@LISTEN@|127.0.0.1:$P_HAPROXY|" bench/haproxy.cfg.in |
     awk -v s="${srv%$'\n'}" '{ if ($0 == "@SERVERS@") print s; else print }' >"$W/haproxy.cfg"
 
-  roster_lb roster "$P_ROSTER"
+  # The 4 backends register once: a 1h lease outlives the rounds (the
+  # default 90s would expire them mid-run, nobody heartbeats here).
+  roster_lb roster "$P_ROSTER" --lease-ttl 1h
   R1_PID=$LAST_PID
   farm register --lb "127.0.0.1:$((P_ROSTER + 1))" --metrics-port "$P_VITALS" \
     --address "127.0.0.1:$P_APP" --address "127.0.0.1:$((P_APP + 1))" \
@@ -219,22 +223,69 @@ if want 1; then
   stop "$R1_PID" INT; stop "$NGINX_PID"; stop "$HAPROXY_PID"
 fi
 
-# ---------------------------------------------------------------- part 2
-if want 2; then
+# ---------------------------------------------------------------- parts 3 and 2
+# One LB holds the 10,000 backends for both: part 3 fills it and measures it,
+# part 2 then sends traffic through it and through an LB with 10 backends
+# (same flags: both check every 5s, as in production). Filling 10,000 is the
+# slow step, so it happens once.
+if want 2 || want 3; then
+  log "part 3: $BACKENDS backends checked every 5s"
+  roster_lb r3 "$P_R3" --health-interval 5s --lease-ttl 1h --max-backends "$BACKENDS"
+  R3_PID=$LAST_PID
+  CTL3=$((P_R3 + 1))
+  fact p3.rss_empty_kb "$(kb "$R3_PID" VmRSS)"
+  c0=$(ticks "$R3_PID"); t0=$(now)
+  farm register --lb "127.0.0.1:$CTL3" --count "$BACKENDS" --app-port "$P_GEN" \
+    --metrics-port "$P_VITALS" --concurrency 64 >"$W/p3-register.json"
+  farm wait-routable --lb "127.0.0.1:$CTL3" --count "$BACKENDS" --timeout 240s >"$W/p3-routable.json" 2>>"$W/clients.log" ||
+    log "  not all $BACKENDS routable within 240 s"
+  t1=$(now); c1=$(ticks "$R3_PID")
+  fact p3.all_routable_s "$(awk -v s="$t0" -v e="$t1" 'BEGIN {printf "%.2f", e - s}')"
+  fact p3.fill_cpu_percent "$(awk -v a="$c0" -v b="$c1" -v s="$t0" -v e="$t1" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN {printf "%.1f", (b - a) / hz / (e - s) * 100}')"
+  fact p3.fill_failed_checks "$(telemetry_sum "$CTL3" 'roster_lb_health_checks_total[{]result="(failed|id_mismatch)"')"
+  sleep 6 # one interval: every entry is on its own 5s cycle now
+  # Window A: checks alone (leases last 1h, nobody heartbeats).
+  k0=$(telemetry_sum "$CTL3" roster_lb_health_checks_total)
+  s0=$(telemetry_sum "$CTL3" roster_lb_health_check_duration_seconds_sum)
+  n0=$(telemetry_sum "$CTL3" roster_lb_health_check_duration_seconds_count)
+  f0=$(telemetry_sum "$CTL3" 'roster_lb_health_checks_total[{]result="(failed|id_mismatch)"'); t0=$(now)
+  cpu_window "$R3_PID" "$CPU_SECONDS" p3.checks
+  k1=$(telemetry_sum "$CTL3" roster_lb_health_checks_total)
+  s1=$(telemetry_sum "$CTL3" roster_lb_health_check_duration_seconds_sum)
+  n1=$(telemetry_sum "$CTL3" roster_lb_health_check_duration_seconds_count)
+  f1=$(telemetry_sum "$CTL3" 'roster_lb_health_checks_total[{]result="(failed|id_mismatch)"'); t1=$(now)
+  fact p3.checks_per_s "$(awk -v a="$k0" -v b="$k1" -v s="$t0" -v e="$t1" 'BEGIN {printf "%.0f", (b - a) / (e - s)}')"
+  fact p3.check_mean_ms "$(awk -v a="$s0" -v b="$s1" -v m="$n0" -v n="$n1" 'BEGIN {printf "%.2f", (n > m) ? (b - a) / (n - m) * 1000 : 0}')"
+  fact p3.failed_checks "$(awk -v a="$f0" -v b="$f1" 'BEGIN {printf "%d", b - a}')"
+  # Window B: plus the heartbeats agents send with the default 90s lease
+  # (each backend re-registers about every 30s).
+  taskset -c "$LOAD_CPUS" timeout $((CPU_SECONDS + 30)) "$FARM" heartbeat --lb "127.0.0.1:$CTL3" \
+    --count "$BACKENDS" --app-port "$P_GEN" --metrics-port "$P_VITALS" \
+    --period 30s --duration "${CPU_SECONDS}s" >"$W/p3-heartbeat.json" 2>>"$W/clients.log" &
+  HB_PID=$!
+  PIDS+=("$HB_PID")
+  cpu_window "$R3_PID" "$CPU_SECONDS" p3.heartbeats
+  wait "$HB_PID" || true
+  farm flip --farm "127.0.0.1:$P_FARMCTL" --lb "127.0.0.1:$CTL3" --first 0 --count 100 \
+    --stride $((BACKENDS >= 200 ? BACKENDS / 100 : 1)) --total "$BACKENDS" --timeout 30s >"$W/p3-flip.json" 2>>"$W/clients.log" || true
+  fact p3.final_rss_kb "$(kb "$R3_PID" VmRSS)"
+  fact p3.final_hwm_kb "$(kb "$R3_PID" VmHWM)"
+  fact p3.threads "$(awk '/^Threads:/ {print $2}' "/proc/$R3_PID/status")"
+  fact p3.fds "$(find "/proc/$R3_PID/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)"
+  curl -s --max-time 5 "http://127.0.0.1:$P_FARMCTL/stats" >"$W/p3-farm-stats.json"
+
   log "part 2: roster with 10 vs $BACKENDS backends (${ROUNDS} rounds x ${DURATION}s)"
-  # Checks every 5 min: after the first round, nothing runs in the background,
-  # so the comparison is the request path alone (part 3 measures the checks).
-  roster_lb r10 "$P_R10" --health-interval 5m --lease-ttl 10m
+  roster_lb r10 "$P_R10" --health-interval 5s --lease-ttl 1h
   R10_PID=$LAST_PID
-  roster_lb r10k "$P_R10K" --health-interval 5m --lease-ttl 10m --max-backends "$BACKENDS"
-  R10K_PID=$LAST_PID
   farm register --lb "127.0.0.1:$((P_R10 + 1))" --count 10 --app-port "$P_GEN" \
     --metrics-port "$P_VITALS" >"$W/p2-register-10.json"
-  farm register --lb "127.0.0.1:$((P_R10K + 1))" --count "$BACKENDS" --app-port "$P_GEN" \
-    --metrics-port "$P_VITALS" --concurrency 64 >"$W/p2-register-10k.json"
   farm wait-routable --lb "127.0.0.1:$((P_R10 + 1))" --count 10 --timeout 60s >/dev/null
-  farm wait-routable --lb "127.0.0.1:$((P_R10K + 1))" --count "$BACKENDS" --timeout 240s >"$W/p2-routable-10k.json" 2>>"$W/clients.log" || log "  not all $BACKENDS routable: $(cat "$W/p2-routable-10k.json")"
-  declare -A URL2=([10]="http://127.0.0.1:$P_R10/" [10k]="http://127.0.0.1:$P_R10K/")
+  # The 100 flipped back to ready in part 3 must be routable again.
+  farm wait-routable --lb "127.0.0.1:$CTL3" --count "$BACKENDS" --timeout 60s >/dev/null 2>>"$W/clients.log" ||
+    log "  the $BACKENDS-backend LB is not back to $BACKENDS routable"
+  declare -A URL2=([10]="http://127.0.0.1:$P_R10/" [10k]="http://127.0.0.1:$P_R3/")
+  declare -A LB2=([10]="$R10_PID" [10k]="$R3_PID")
   for t in 10 10k; do DURATION=2 wrk_run "$W/warmup2-$t.txt" "${URL2[$t]}"; done
   for r in $(seq "$ROUNDS"); do
     for t in 10 10k; do
@@ -245,51 +296,9 @@ if want 2; then
     done
   done
   fact p2.rss_10_kb "$(kb "$R10_PID" VmRSS)"
-  fact p2.rss_10k_kb "$(kb "$R10K_PID" VmRSS)"
-  stop "$R10_PID" INT; stop "$R10K_PID" INT
-fi
-
-# ---------------------------------------------------------------- part 3
-if want 3; then
-  log "part 3: $BACKENDS backends checked every 5s"
-  # A 10 min lease: window A measures checks alone; window B adds the
-  # heartbeats agents send with the default 90s lease (one per ~30s each).
-  roster_lb r3 "$P_R3" --health-interval 5s --lease-ttl 10m --max-backends "$BACKENDS"
-  R3_PID=$LAST_PID
-  CTL3=$((P_R3 + 1))
-  fact p3.rss_empty_kb "$(kb "$R3_PID" VmRSS)"
-  c0=$(ticks "$R3_PID"); t0=$(now)
-  farm register --lb "127.0.0.1:$CTL3" --count "$BACKENDS" --app-port "$P_GEN" \
-    --metrics-port "$P_VITALS" --concurrency 64 >"$W/p3-register.json"
-  farm wait-routable --lb "127.0.0.1:$CTL3" --count "$BACKENDS" --timeout 240s >"$W/p3-routable.json" 2>>"$W/clients.log" || log "  not all $BACKENDS routable within 240 s"
-  t1=$(now); c1=$(ticks "$R3_PID")
-  fact p3.all_routable_s "$(awk -v s="$t0" -v e="$t1" 'BEGIN {printf "%.2f", e - s}')"
-  fact p3.fill_cpu_percent "$(awk -v a="$c0" -v b="$c1" -v s="$t0" -v e="$t1" -v hz="$(getconf CLK_TCK)" \
-    'BEGIN {printf "%.1f", (b - a) / hz / (e - s) * 100}')"
-  sleep 6 # one interval: every entry is on its own 5s cycle now
-  k0=$(telemetry_sum "$CTL3" roster_lb_health_checks_total); t0=$(now)
-  cpu_window "$R3_PID" "$CPU_SECONDS" p3.checks
-  k1=$(telemetry_sum "$CTL3" roster_lb_health_checks_total); t1=$(now)
-  fact p3.checks_per_s "$(awk -v a="$k0" -v b="$k1" -v s="$t0" -v e="$t1" 'BEGIN {printf "%.0f", (b - a) / (e - s)}')"
-  fact p3.check_mean_ms "$(awk -v s="$(telemetry_sum "$CTL3" roster_lb_health_check_duration_seconds_sum)" \
-    -v n="$(telemetry_sum "$CTL3" roster_lb_health_check_duration_seconds_count)" 'BEGIN {printf "%.2f", s / n * 1000}')"
-  fact p3.failed_checks "$(curl -s --max-time 5 "http://127.0.0.1:$CTL3/telemetry" |
-    awk '/^roster_lb_health_checks_total/ && !/result="ready"/ {s += $2} END {print s + 0}')"
-  taskset -c "$LOAD_CPUS" timeout $((CPU_SECONDS + 30)) "$FARM" heartbeat --lb "127.0.0.1:$CTL3" \
-    --count "$BACKENDS" --app-port "$P_GEN" --metrics-port "$P_VITALS" \
-    --period 30s --duration "${CPU_SECONDS}s" >"$W/p3-heartbeat.json" &
-  HB_PID=$!
-  PIDS+=("$HB_PID")
-  cpu_window "$R3_PID" "$CPU_SECONDS" p3.heartbeats
-  wait "$HB_PID" || true
-  farm flip --farm "127.0.0.1:$P_FARMCTL" --lb "127.0.0.1:$CTL3" --first 0 --count 100 \
-    --total "$BACKENDS" --timeout 30s >"$W/p3-flip.json"
-  fact p3.final_rss_kb "$(kb "$R3_PID" VmRSS)"
-  fact p3.final_hwm_kb "$(kb "$R3_PID" VmHWM)"
-  fact p3.threads "$(awk '/^Threads:/ {print $2}' "/proc/$R3_PID/status")"
-  fact p3.fds "$(find "/proc/$R3_PID/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)"
-  curl -s --max-time 5 "http://127.0.0.1:$P_FARMCTL/stats" >"$W/p3-farm-stats.json"
-  stop "$R3_PID" INT
+  fact p2.rss_10k_kb "$(kb "$R3_PID" VmRSS)"
+  fact p2.fds_10k "$(find "/proc/$R3_PID/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)"
+  stop "$R10_PID" INT; stop "$R3_PID" INT
 fi
 
 # ---------------------------------------------------------------- part 4

@@ -7,7 +7,7 @@
 //! benchfarm register --lb 127.0.0.1:18080 --address 127.0.0.1:19001 --metrics-port 19090
 //! benchfarm heartbeat --lb 127.0.0.1:18080 --count 10000 ... --period 30s --duration 30s
 //! benchfarm wait-routable --lb 127.0.0.1:18080 --count 10000 --timeout 120s
-//! benchfarm flip --farm 127.0.0.1:19099 --lb 127.0.0.1:18080 --first 0 --count 100 --total 10000
+//! benchfarm flip --farm 127.0.0.1:19099 --lb 127.0.0.1:18080 --count 100 --stride 100 --total 10000
 //! ```
 //!
 //! * **App listeners** (`--app`, repeatable) answer every request with a tiny
@@ -17,8 +17,8 @@
 //! * **The vitals listener** (`0.0.0.0:--vitals-port`) answers `GET /metrics`
 //!   with `{"ready": true}` for whichever 127.x.y.z address it was reached
 //!   on, or `{"ready": false}` once that address was flipped.
-//! * **The control listener** (`--control`): `POST /flip?first=I&count=N`
-//!   flips the generated addresses I..I+N to not-ready and notes the time;
+//! * **The control listener** (`--control`): `POST /flip?first=I&count=N&stride=S`
+//!   flips the generated addresses I, I+S, … (N of them) to not-ready and notes the time;
 //!   for each flipped address the farm records when the LB first fetched
 //!   the not-ready vitals (detection time = that request − the flip).
 //!   `GET /detections` returns them, `POST /reset` unflips everything,
@@ -54,7 +54,10 @@ use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpSocket};
 
 #[derive(Parser)]
-#[command(name = "benchfarm", about = "backend farm and clients for `make bench`")]
+#[command(
+    name = "benchfarm",
+    about = "backend farm and clients for `make bench`"
+)]
 struct Cli {
     /// Runtime worker threads (1 = a current-thread runtime).
     #[arg(long, default_value_t = 1, global = true)]
@@ -102,8 +105,9 @@ enum Command {
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
-    /// Flip generated backends first..first+count to not-ready; wait until
-    /// the LB routes to `total - count`; report detection times.
+    /// Flip `count` generated backends (first, first+stride, ...) to
+    /// not-ready; wait until the LB routes to `total - count`; report
+    /// detection times.
     Flip {
         #[arg(long)]
         farm: SocketAddr,
@@ -113,6 +117,9 @@ enum Command {
         first: u32,
         #[arg(long)]
         count: u32,
+        /// Spread the flipped ones over the fleet (and so over check phases).
+        #[arg(long, default_value_t = 1)]
+        stride: u32,
         /// Routable backends before the flip.
         #[arg(long)]
         total: u64,
@@ -206,9 +213,10 @@ fn main() -> anyhow::Result<()> {
                 lb,
                 first,
                 count,
+                stride,
                 total,
                 timeout,
-            } => flip(farm, lb, first, count, total, timeout).await,
+            } => flip(farm, lb, (first, count, stride), total, timeout).await,
         }
     })
 }
@@ -249,7 +257,11 @@ fn reply(status: StatusCode, content_type: &'static str, body: Bytes) -> Respons
 }
 
 fn reply_json(v: Value) -> Response<Tiny> {
-    reply(StatusCode::OK, "application/json", Bytes::from(v.to_string()))
+    reply(
+        StatusCode::OK,
+        "application/json",
+        Bytes::from(v.to_string()),
+    )
 }
 
 /// When an address was flipped, and when the LB first saw it not ready.
@@ -394,11 +406,12 @@ fn control(farm: &Farm, req: Request<Incoming>) -> Response<Tiny> {
         ("POST", "/flip") => {
             let first = query_u32(&req, "first").unwrap_or(0);
             let count = query_u32(&req, "count").unwrap_or(0);
+            let stride = query_u32(&req, "stride").unwrap_or(1).max(1);
             let now = Instant::now();
             let mut flipped = farm.flipped.lock().expect("lock");
-            for i in first..first.saturating_add(count) {
+            for k in 0..count {
                 flipped.insert(
-                    backend_ip(i),
+                    backend_ip(first.saturating_add(k.saturating_mul(stride))),
                     Flipped {
                         at: now,
                         detected: None,
@@ -576,17 +589,18 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn flip(
     farm: SocketAddr,
     lb: SocketAddr,
-    first: u32,
-    count: u32,
+    (first, count, stride): (u32, u32, u32),
     total: u64,
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let c = client()?;
     let started = Instant::now();
-    c.post(format!("http://{farm}/flip?first={first}&count={count}"))
-        .send()
-        .await?
-        .error_for_status()?;
+    c.post(format!(
+        "http://{farm}/flip?first={first}&count={count}&stride={stride}"
+    ))
+    .send()
+    .await?
+    .error_for_status()?;
     let target = total.saturating_sub(u64::from(count));
     let left = wait_routable(lb, |n| n <= target, timeout).await;
     let out_of_pool = started.elapsed().as_secs_f64();
