@@ -45,6 +45,11 @@ demo: build
 run-lb: build
 	./target/debug/roster lb --allowed-networks 127.0.0.0/8 --listen 127.0.0.1:8000 --control-listen 127.0.0.1:8080
 
+## roster vs nginx and HAProxy, the pool at 10,000 backends, the registry at
+## scale, the agent's footprint -> BENCHMARKS.md (loopback only, <= 10 min).
+bench:
+	bench/run.sh
+
 ## The chart's values.schema.json, from the Rust types (`roster schema` prints the config file's).
 schema: build
 	./target/debug/roster schema --helm > charts/roster/values.schema.json

@@ -1,0 +1,339 @@
+#!/usr/bin/env bash
+# `make bench`: roster against nginx and HAProxy, the pool at 10,000 backends,
+# the registry at scale and the agent's footprint, written to BENCHMARKS.md.
+#
+#   1. proxy throughput/latency: roster, nginx, HAProxy and direct, same
+#      backends, same thread count, wrk in alternating rounds, medians
+#   3. registry at scale: 10,000 backends checked every 5s: CPU, RSS,
+#      registration time, time until all routable, detection of 100 not-ready
+#   2. selection vs pool size: traffic through that LB vs one with 10 backends
+#   4. agent footprint: idle RSS and CPU of one `roster agent`
+#
+# Loopback only; every process it starts is stopped by PID on exit; every
+# load loop is bounded in count and time. Knobs (environment):
+#   BENCH_DURATION=10 (s per wrk run)  BENCH_ROUNDS=3  BENCH_CONNECTIONS=64
+#   BENCH_THREADS=1 (proxy threads/workers)  BENCH_BACKENDS=10000
+#   BENCH_CPU_SECONDS=30  BENCH_AGENT_SECONDS=60  BENCH_PORT_BASE=27000
+#   BENCH_OUT=BENCHMARKS.md  BENCH_KEEP=1 (keep the work dir with all logs)
+#   BENCH_SKIP_BUILD=1  BENCH_PARTS="1 2 3 4"
+#   BENCH_PROFILE=debug (only to develop this script: numbers are meaningless)
+#   BENCH_ROSTER=/path/to/roster (A/B a candidate build against the peers)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+DURATION=${BENCH_DURATION:-10}
+ROUNDS=${BENCH_ROUNDS:-3}
+CONNS=${BENCH_CONNECTIONS:-64}
+THREADS=${BENCH_THREADS:-1}
+BACKENDS=${BENCH_BACKENDS:-10000}
+CPU_SECONDS=${BENCH_CPU_SECONDS:-30}
+AGENT_SECONDS=${BENCH_AGENT_SECONDS:-60}
+BASE=${BENCH_PORT_BASE:-27000}
+OUT=${BENCH_OUT:-BENCHMARKS.md}
+PARTS=${BENCH_PARTS:-1 2 3 4}
+
+# Configuration comes from the flags below only.
+for v in $(env | grep -o '^ROSTER_[A-Z_]*' || true); do unset "$v"; done
+export RUST_LOG=${RUST_LOG:-info}
+
+STARTED=$(date +%s)
+log() { printf '[bench %4ds] %s\n' "$(($(date +%s) - STARTED))" "$*" >&2; }
+
+# ---------------------------------------------------------------- setup
+log "installing nginx, haproxy, wrk (idempotent)"
+scripts/setup.sh bench
+PROFILE=${BENCH_PROFILE:-release}
+if [ -z "${BENCH_SKIP_BUILD:-}" ]; then
+  log "building ($PROFILE): roster and the benchfarm example"
+  # Two builds on purpose: the example's dev-dependencies change features of
+  # shared crates, and the roster measured must be the one `cargo build
+  # --release` makes. Both variants stay cached in target/.
+  flag=(); [ "$PROFILE" = release ] && flag=(--release)
+  cargo build "${flag[@]}" --quiet --example benchfarm
+  cargo build "${flag[@]}" --quiet --bin roster
+fi
+ROSTER=${BENCH_ROSTER:-$ROOT/target/$PROFILE/roster}
+FARM=$ROOT/target/$PROFILE/examples/benchfarm
+for b in "$ROSTER" "$FARM"; do [ -x "$b" ] || { echo "missing $b" >&2; exit 1; }; done
+
+W=$(mktemp -d /tmp/roster-bench.XXXXXX)
+chmod 755 "$W"
+# Ports (all on loopback): farm 1-4 (part 1 apps), 90 vitals, 99 control,
+# 100 (generated apps on 0.0.0.0); LBs from 200 up.
+P_APP=$((BASE + 1)); P_VITALS=$((BASE + 90)); P_FARMCTL=$((BASE + 99)); P_GEN=$((BASE + 100))
+P_ROSTER=$((BASE + 200)); P_NGINX=$((BASE + 210)); P_HAPROXY=$((BASE + 220))
+P_R10=$((BASE + 300)); P_R3=$((BASE + 400)); P_R4=$((BASE + 500))
+P_AGENT=$((BASE + 590))
+for p in $P_APP $((P_APP + 1)) $((P_APP + 2)) $((P_APP + 3)) $P_VITALS $P_FARMCTL $P_GEN \
+  $P_ROSTER $((P_ROSTER + 1)) $P_NGINX $P_HAPROXY $P_R10 $((P_R10 + 1)) \
+  $P_R3 $((P_R3 + 1)) $P_R4 $((P_R4 + 1)) $P_AGENT; do
+  if [ -n "$(ss -Hltn "sport = :$p" 2>/dev/null)" ]; then
+    echo "port $p is in use; set BENCH_PORT_BASE" >&2
+    exit 1
+  fi
+done
+
+PIDS=()
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  sleep 0.3
+  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  if [ -n "${BENCH_KEEP:-}" ]; then log "work dir kept: $W"; else rm -rf "$W"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# CPU placement: proxies on the first THREADS cores, wrk, the farm and the
+# clients on the rest (on 2 cores with THREADS=1: proxy on cpu 0, load on cpu 1).
+NCPU=$(nproc)
+if [ "$NCPU" -gt "$THREADS" ]; then
+  PROXY_CPUS="0-$((THREADS - 1))"
+  LOAD_CPUS="$THREADS-$((NCPU - 1))"
+else
+  PROXY_CPUS="0-$((NCPU - 1))"
+  LOAD_CPUS=$PROXY_CPUS
+fi
+LOAD_THREADS=$(taskset -c "$LOAD_CPUS" nproc)
+
+FACTS=$W/facts.tsv
+: >"$FACTS"
+fact() { printf '%s\t%s\n' "$1" "$2" >>"$FACTS"; }
+
+# start NAME CPUS CMD... : run in the background, log to $W/NAME.log.
+start() {
+  local name=$1 cpus=$2
+  shift 2
+  taskset -c "$cpus" "$@" >"$W/$name.log" 2>&1 &
+  PIDS+=("$!")
+  LAST_PID=$!
+}
+# stop PID [SIGNAL]: signal, wait up to 5s, then KILL.
+stop() {
+  local pid=$1 sig=${2:-TERM} i
+  kill "-$sig" "$pid" 2>/dev/null || return 0
+  for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+wait_port() {
+  local port=$1 name=$2 i
+  for i in $(seq 150); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "$name did not listen on $port; its log:" >&2
+  tail -20 "$W/$name.log" >&2 || true
+  exit 1
+}
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
+now() { date +%s.%N; }
+# cpu_window PID SECONDS PREFIX: % of one core over the window, RSS at its end.
+cpu_window() {
+  local pid=$1 secs=$2 prefix=$3 t0 c0 t1 c1
+  t0=$(now); c0=$(ticks "$pid")
+  sleep "$secs"
+  t1=$(now); c1=$(ticks "$pid")
+  fact "$prefix.cpu_percent" "$(awk -v a="$c0" -v b="$c1" -v s="$t0" -v e="$t1" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN {printf "%.2f", (b - a) / hz / (e - s) * 100}')"
+  fact "$prefix.seconds" "$(awk -v s="$t0" -v e="$t1" 'BEGIN {printf "%.1f", e - s}')"
+  fact "$prefix.rss_kb" "$(kb "$pid" VmRSS)"
+  fact "$prefix.hwm_kb" "$(kb "$pid" VmHWM)"
+}
+# telemetry_sum CTLPORT REGEX: sum of the series whose name{labels} match.
+telemetry_sum() { curl -s --max-time 10 "http://127.0.0.1:$1/telemetry" | awk -v m="$2" '$1 ~ "^"m {s += $2} END {printf "%.6f", s}'; }
+# wrk_run FILE URL: one bounded wrk run on the load cores.
+wrk_run() {
+  timeout $((DURATION + 30)) taskset -c "$LOAD_CPUS" \
+    wrk -t"$LOAD_THREADS" -c"$CONNS" -d"${DURATION}s" --latency "$2" >"$1" 2>&1 || true
+}
+roster_lb() { # NAME PORT EXTRA...: a roster LB on PORT (proxy) and PORT+1 (control)
+  local name=$1 port=$2
+  shift 2
+  start "$name" "$PROXY_CPUS" "$ROSTER" lb --listen "127.0.0.1:$port" \
+    --control-listen "127.0.0.1:$((port + 1))" --threads "$THREADS" \
+    --allowed-networks 127.0.0.0/8 --rate-limit 0 "$@"
+  wait_port "$((port + 1))" "$name"
+  wait_port "$port" "$name"
+}
+
+fact load_start "$(cut -d' ' -f1-3 /proc/loadavg)"
+fact proxy_cpus "$PROXY_CPUS"
+fact load_cpus "$LOAD_CPUS"
+fact threads "$THREADS"
+fact duration "$DURATION"
+fact rounds "$ROUNDS"
+fact connections "$CONNS"
+fact backends "$BACKENDS"
+
+# ---------------------------------------------------------------- the farm
+start farm "$LOAD_CPUS" "$FARM" --threads "$LOAD_THREADS" serve \
+  --app "127.0.0.1:$P_APP" --app "127.0.0.1:$((P_APP + 1))" \
+  --app "127.0.0.1:$((P_APP + 2))" --app "127.0.0.1:$((P_APP + 3))" \
+  --app "0.0.0.0:$P_GEN" --vitals-port "$P_VITALS" --control "127.0.0.1:$P_FARMCTL"
+FARM_PID=$LAST_PID
+wait_port "$P_FARMCTL" farm
+farm() { taskset -c "$LOAD_CPUS" timeout 300 "$FARM" "$@"; }
+
+want() { [[ " $PARTS " == *" $1 "* ]]; }
+
+# ---------------------------------------------------------------- part 1
+if want 1; then
+  log "part 1: roster vs nginx vs HAProxy vs direct (${ROUNDS} rounds x ${DURATION}s)"
+  ups="" srv=""
+  for i in 0 1 2 3; do
+    ups+="        server 127.0.0.1:$((P_APP + i));"$'\n'
+    srv+="    server b$i 127.0.0.1:$((P_APP + i)) check port $P_VITALS inter 5s"$'\n'
+  done
+  sed -e "s|@THREADS@|$THREADS|; s|@DIR@|$W|g; s|@LISTEN@|127.0.0.1:$P_NGINX|" bench/nginx.conf.in |
+    awk -v u="${ups%$'\n'}" '{ if ($0 == "@UPSTREAMS@") print u; else print }' >"$W/nginx.conf"
+  sed -e "s|@THREADS@|$THREADS|; s|@LISTEN@|127.0.0.1:$P_HAPROXY|" bench/haproxy.cfg.in |
+    awk -v s="${srv%$'\n'}" '{ if ($0 == "@SERVERS@") print s; else print }' >"$W/haproxy.cfg"
+
+  # The 4 backends register once: a 1h lease outlives the rounds (the
+  # default 90s would expire them mid-run, nobody heartbeats here).
+  roster_lb roster "$P_ROSTER" --lease-ttl 1h
+  R1_PID=$LAST_PID
+  farm register --lb "127.0.0.1:$((P_ROSTER + 1))" --metrics-port "$P_VITALS" \
+    --address "127.0.0.1:$P_APP" --address "127.0.0.1:$((P_APP + 1))" \
+    --address "127.0.0.1:$((P_APP + 2))" --address "127.0.0.1:$((P_APP + 3))" >"$W/p1-register.json"
+  farm wait-routable --lb "127.0.0.1:$((P_ROSTER + 1))" --count 4 --timeout 30s >/dev/null
+  start nginx "$PROXY_CPUS" nginx -p "$W" -c "$W/nginx.conf" -g 'daemon off;'
+  NGINX_PID=$LAST_PID
+  wait_port "$P_NGINX" nginx
+  start haproxy "$PROXY_CPUS" haproxy -db -f "$W/haproxy.cfg"
+  HAPROXY_PID=$LAST_PID
+  wait_port "$P_HAPROXY" haproxy
+
+  declare -A URL=([roster]="http://127.0.0.1:$P_ROSTER/" [nginx]="http://127.0.0.1:$P_NGINX/"
+    [haproxy]="http://127.0.0.1:$P_HAPROXY/" [direct]="http://127.0.0.1:$P_APP/")
+  for t in roster nginx haproxy direct; do # warm-up, not recorded
+    DURATION=2 wrk_run "$W/warmup-$t.txt" "${URL[$t]}"
+  done
+  for r in $(seq "$ROUNDS"); do
+    for t in roster nginx haproxy direct; do
+      wrk_run "$W/wrk-p1-$t-$r.txt" "${URL[$t]}"
+      log "  round $r $t: $(awk '/^Requests\/sec/ {print $2}' "$W/wrk-p1-$t-$r.txt") req/s"
+    done
+  done
+  fact p1.roster_rss_kb "$(kb "$R1_PID" VmRSS)"
+  fact p1.nginx_version "$(nginx -v 2>&1 | sed 's/.*: //')"
+  fact p1.haproxy_version "$(haproxy -v | head -1 | awk '{print $3}')"
+  stop "$R1_PID" INT; stop "$NGINX_PID"; stop "$HAPROXY_PID"
+fi
+
+# ---------------------------------------------------------------- parts 3 and 2
+# One LB holds the 10,000 backends for both: part 3 fills it and measures it,
+# part 2 then sends traffic through it and through an LB with 10 backends
+# (same flags: both check every 5s, as in production). Filling 10,000 is the
+# slow step, so it happens once.
+if want 2 || want 3; then
+  log "part 3: $BACKENDS backends checked every 5s"
+  roster_lb r3 "$P_R3" --health-interval 5s --lease-ttl 1h --max-backends "$BACKENDS"
+  R3_PID=$LAST_PID
+  CTL3=$((P_R3 + 1))
+  fact p3.rss_empty_kb "$(kb "$R3_PID" VmRSS)"
+  c0=$(ticks "$R3_PID"); t0=$(now)
+  farm register --lb "127.0.0.1:$CTL3" --count "$BACKENDS" --app-port "$P_GEN" \
+    --metrics-port "$P_VITALS" --concurrency 64 >"$W/p3-register.json"
+  farm wait-routable --lb "127.0.0.1:$CTL3" --count "$BACKENDS" --timeout 240s >"$W/p3-routable.json" 2>>"$W/clients.log" ||
+    log "  not all $BACKENDS routable within 240 s"
+  t1=$(now); c1=$(ticks "$R3_PID")
+  fact p3.all_routable_s "$(awk -v s="$t0" -v e="$t1" 'BEGIN {printf "%.2f", e - s}')"
+  fact p3.fill_cpu_percent "$(awk -v a="$c0" -v b="$c1" -v s="$t0" -v e="$t1" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN {printf "%.1f", (b - a) / hz / (e - s) * 100}')"
+  fact p3.fill_failed_checks "$(telemetry_sum "$CTL3" 'roster_lb_health_checks_total[{]result="(failed|id_mismatch)"')"
+  sleep 6 # one interval: every entry is on its own 5s cycle now
+  # Window A: checks alone (leases last 1h, nobody heartbeats).
+  k0=$(telemetry_sum "$CTL3" roster_lb_health_checks_total)
+  s0=$(telemetry_sum "$CTL3" roster_lb_health_check_duration_seconds_sum)
+  n0=$(telemetry_sum "$CTL3" roster_lb_health_check_duration_seconds_count)
+  f0=$(telemetry_sum "$CTL3" 'roster_lb_health_checks_total[{]result="(failed|id_mismatch)"'); t0=$(now)
+  cpu_window "$R3_PID" "$CPU_SECONDS" p3.checks
+  k1=$(telemetry_sum "$CTL3" roster_lb_health_checks_total)
+  s1=$(telemetry_sum "$CTL3" roster_lb_health_check_duration_seconds_sum)
+  n1=$(telemetry_sum "$CTL3" roster_lb_health_check_duration_seconds_count)
+  f1=$(telemetry_sum "$CTL3" 'roster_lb_health_checks_total[{]result="(failed|id_mismatch)"'); t1=$(now)
+  fact p3.checks_per_s "$(awk -v a="$k0" -v b="$k1" -v s="$t0" -v e="$t1" 'BEGIN {printf "%.0f", (b - a) / (e - s)}')"
+  fact p3.check_mean_ms "$(awk -v a="$s0" -v b="$s1" -v m="$n0" -v n="$n1" 'BEGIN {printf "%.2f", (n > m) ? (b - a) / (n - m) * 1000 : 0}')"
+  fact p3.failed_checks "$(awk -v a="$f0" -v b="$f1" 'BEGIN {printf "%d", b - a}')"
+  # Window B: plus the heartbeats agents send with the default 90s lease
+  # (each backend re-registers about every 30s).
+  taskset -c "$LOAD_CPUS" timeout $((CPU_SECONDS + 30)) "$FARM" heartbeat --lb "127.0.0.1:$CTL3" \
+    --count "$BACKENDS" --app-port "$P_GEN" --metrics-port "$P_VITALS" \
+    --period 30s --duration "${CPU_SECONDS}s" >"$W/p3-heartbeat.json" 2>>"$W/clients.log" &
+  HB_PID=$!
+  PIDS+=("$HB_PID")
+  cpu_window "$R3_PID" "$CPU_SECONDS" p3.heartbeats
+  wait "$HB_PID" || true
+  farm flip --farm "127.0.0.1:$P_FARMCTL" --lb "127.0.0.1:$CTL3" --first 0 --count 100 \
+    --stride $((BACKENDS >= 200 ? BACKENDS / 100 : 1)) --total "$BACKENDS" --timeout 30s >"$W/p3-flip.json" 2>>"$W/clients.log" || true
+  fact p3.final_rss_kb "$(kb "$R3_PID" VmRSS)"
+  fact p3.final_hwm_kb "$(kb "$R3_PID" VmHWM)"
+  fact p3.threads "$(awk '/^Threads:/ {print $2}' "/proc/$R3_PID/status")"
+  fact p3.fds "$(find "/proc/$R3_PID/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)"
+  curl -s --max-time 5 "http://127.0.0.1:$P_FARMCTL/stats" >"$W/p3-farm-stats.json"
+
+  log "part 2: roster with 10 vs $BACKENDS backends (${ROUNDS} rounds x ${DURATION}s)"
+  roster_lb r10 "$P_R10" --health-interval 5s --lease-ttl 1h
+  R10_PID=$LAST_PID
+  farm register --lb "127.0.0.1:$((P_R10 + 1))" --count 10 --app-port "$P_GEN" \
+    --metrics-port "$P_VITALS" >"$W/p2-register-10.json"
+  farm wait-routable --lb "127.0.0.1:$((P_R10 + 1))" --count 10 --timeout 60s >/dev/null
+  # The 100 flipped back to ready in part 3 must be routable again.
+  farm wait-routable --lb "127.0.0.1:$CTL3" --count "$BACKENDS" --timeout 60s >/dev/null 2>>"$W/clients.log" ||
+    log "  the $BACKENDS-backend LB is not back to $BACKENDS routable"
+  declare -A URL2=([10]="http://127.0.0.1:$P_R10/" [10k]="http://127.0.0.1:$P_R3/")
+  declare -A LB2=([10]="$R10_PID" [10k]="$R3_PID")
+  for t in 10 10k; do DURATION=2 wrk_run "$W/warmup2-$t.txt" "${URL2[$t]}"; done
+  for r in $(seq "$ROUNDS"); do
+    for t in 10 10k; do
+      curl -s --max-time 5 "http://127.0.0.1:$P_FARMCTL/stats" >"$W/stats-p2-$t-$r-before.json"
+      wrk_run "$W/wrk-p2-$t-$r.txt" "${URL2[$t]}"
+      curl -s --max-time 5 "http://127.0.0.1:$P_FARMCTL/stats" >"$W/stats-p2-$t-$r-after.json"
+      log "  round $r $t: $(awk '/^Requests\/sec/ {print $2}' "$W/wrk-p2-$t-$r.txt") req/s"
+    done
+  done
+  fact p2.rss_10_kb "$(kb "$R10_PID" VmRSS)"
+  fact p2.rss_10k_kb "$(kb "$R3_PID" VmRSS)"
+  fact p2.fds_10k "$(find "/proc/$R3_PID/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)"
+  stop "$R10_PID" INT; stop "$R3_PID" INT
+fi
+
+# ---------------------------------------------------------------- part 4
+if want 4; then
+  if "$ROSTER" agent --help >"$W/agent-help.txt" 2>&1; then
+    log "part 4: one idle roster agent for ${AGENT_SECONDS}s"
+    roster_lb r4 "$P_R4"
+    R4_PID=$LAST_PID
+    start agent "$PROXY_CPUS" "$ROSTER" agent --discovery-lb "127.0.0.1:$((P_R4 + 1))" \
+      --metrics-port "$P_AGENT" --id bench-agent --address "127.0.0.1:$P_APP"
+    AGENT_PID=$LAST_PID
+    sleep 5
+    if kill -0 "$AGENT_PID" 2>/dev/null; then
+      fact p4.status ran
+      fact p4.rss_start_kb "$(kb "$AGENT_PID" VmRSS)"
+      cpu_window "$AGENT_PID" "$AGENT_SECONDS" p4
+      fact p4.threads "$(awk '/^Threads:/ {print $2}' "/proc/$AGENT_PID/status")"
+      if curl -s --max-time 5 "http://127.0.0.1:$((P_R4 + 1))/backends" | grep -q "127.0.0.1:$P_APP"; then
+        fact p4.routable yes
+      else
+        fact p4.routable no
+      fi
+    else
+      fact p4.status "exited: $(tail -3 "$W/agent.log" | tr '\t\n' '  ')"
+    fi
+    stop "$AGENT_PID"; stop "$R4_PID" INT
+  else
+    fact p4.status "skipped: this roster has no agent subcommand"
+    log "part 4: skipped (no 'roster agent' in this build)"
+  fi
+fi
+
+stop "$FARM_PID"
+fact load_end "$(cut -d' ' -f1-3 /proc/loadavg)"
+fact total_s "$(($(date +%s) - STARTED))"
+log "writing $OUT"
+python3 bench/report.py "$W" "$OUT"
+log "done in $(($(date +%s) - STARTED))s"
