@@ -57,14 +57,7 @@ async fn crashed_backend_costs_no_request() {
     );
 
     // Ejected at once, long before the next health check.
-    let reg = lb.registry().await;
-    let a = reg["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["id"] == "a")
-        .unwrap()
-        .clone();
+    let a = lb.entry("a").await;
     assert_eq!(a["routable"], false, "{a}");
     assert!(
         a["ejected"].as_str().unwrap().contains("consecutive"),

@@ -99,14 +99,7 @@ async fn not_ready_dead_and_recovery() {
     a.set_ready(false);
     lb.wait_backends(&[b.addr()], Duration::from_millis(1500))
         .await;
-    let reg = lb.registry().await;
-    let ea = reg["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["id"] == "a")
-        .unwrap()
-        .clone();
+    let ea = lb.entry("a").await;
     assert_eq!(ea["state"], "not_ready");
     a.set_ready(true);
     lb.wait_backends(&[a.addr(), b.addr()], Duration::from_secs(2))
@@ -125,14 +118,7 @@ async fn not_ready_dead_and_recovery() {
     // the first failure is seen.
     b.vitals.kill();
     lb.wait_backends(&[a.addr()], Duration::from_secs(3)).await;
-    let reg = lb.registry().await;
-    let eb = reg["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["id"] == "b")
-        .unwrap()
-        .clone();
+    let eb = lb.entry("b").await;
     assert_eq!(eb["state"], "unhealthy");
     assert!(eb["last_error"].as_str().unwrap().contains("GET"), "{eb}");
 

@@ -201,6 +201,16 @@ impl Lb {
             .expect("json")
     }
 
+    /// One entry of `/registry`, by id.
+    pub async fn entry(&self, id: &str) -> Value {
+        let reg = self.registry().await;
+        reg["backends"]
+            .as_array()
+            .and_then(|b| b.iter().find(|e| e["id"] == id))
+            .cloned()
+            .unwrap_or_else(|| panic!("no entry {id:?} in {reg}"))
+    }
+
     /// The Prometheus text of `/telemetry`.
     pub async fn telemetry(&self) -> String {
         client()
