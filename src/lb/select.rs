@@ -197,6 +197,7 @@ mod tests {
             in_flight: AtomicU64::new(in_flight),
             reported_load: AtomicU64::new(0),
             failures: Default::default(),
+            requests: Default::default(),
         })
     }
 
