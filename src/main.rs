@@ -48,9 +48,11 @@ fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-// mimalloc: pingora's per-request allocations cost ~14% of a proxy core
-// under glibc malloc (perf, bench part 1); mimalloc also returns memory
-// to the OS more eagerly, which keeps the registry's RSS down.
+// mimalloc: under glibc malloc, pingora's per-request allocations cost ~14%
+// of a proxy core (perf, bench part 1); mimalloc is ~13% faster end to end.
+// `no_thp`: with transparent huge pages mimalloc backs small heaps with 2 MiB
+// pages (agent: 9 MB instead of 1.6 MB anonymous RSS; 10,000-backend
+// registry: 76 MB instead of 45 MB).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
