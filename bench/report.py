@@ -324,13 +324,19 @@ if status:
     add("## 4. Agent footprint")
     add("")
     if status == "ran":
-        add(f"One `roster agent` announcing to a local LB, its vitals port open, nobody scraping it but the LB "
-            f"(checks every 5 s), measured over {F.get('p4.seconds')} s after a 5 s settle.")
+        add(f"One `roster-agent` (the sidecar binary the injector runs: the agent alone, "
+            f"{f(num('p4.size_kb', 0) / 1024, 1)} MB on disk) announcing to a local LB, its vitals port open, "
+            f"nobody scraping it but the LB (checks every 5 s), measured over {F.get('p4.seconds')} s after "
+            f"a 5 s settle. Beside it, for reference, the same agent run as `roster agent` from the full "
+            f"{f(num('p4.full_size_kb', 0) / 1024, 1)} MB binary.")
         add("")
         add("| measure | value |")
         add("| --- | ---: |")
         add(f"| RSS at start / after the window / peak | {f(num('p4.rss_start_kb', 0) / 1024, 1)} / "
             f"**{f(num('p4.rss_kb', 0) / 1024, 1)}** / {f(num('p4.hwm_kb', 0) / 1024, 1)} MB |")
+        add(f"| of which anonymous / file-backed (the binary's pages) | {f(num('p4.anon_kb', 0) / 1024, 1)} / "
+            f"{f(num('p4.file_kb', 0) / 1024, 1)} MB |")
+        add(f"| `roster agent` (full binary) RSS, same window | {f(num('p4.full_rss_kb', 0) / 1024, 1)} MB |")
         add(f"| CPU | {F.get('p4.cpu_percent')} % of a core |")
         add(f"| threads | {F.get('p4.threads')} |")
         add(f"| registered and routable at the LB | {F.get('p4.routable')} |")

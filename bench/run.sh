@@ -52,9 +52,11 @@ if [ -z "${BENCH_SKIP_BUILD:-}" ]; then
   # --release` makes. Both variants stay cached in target/.
   flag=(); [ "$PROFILE" = release ] && flag=(--release)
   cargo build "${flag[@]}" --quiet --example benchfarm
-  cargo build "${flag[@]}" --quiet --bin roster
+  cargo build "${flag[@]}" --quiet --bin roster --bin roster-agent
 fi
 ROSTER=${BENCH_ROSTER:-$ROOT/target/$PROFILE/roster}
+# The sidecar binary (what the injector runs), beside the roster measured.
+AGENT_BIN=$(dirname "$ROSTER")/roster-agent
 FARM=$ROOT/target/$PROFILE/examples/benchfarm
 for b in "$ROSTER" "$FARM"; do [ -x "$b" ] || { echo "missing $b" >&2; exit 1; }; done
 
@@ -303,20 +305,30 @@ if want 2 || want 3; then
 fi
 
 # ---------------------------------------------------------------- part 4
+# The sidecar `roster-agent` is measured; `roster agent` (the same agent in
+# the full binary) runs beside it over the same window, for reference.
 if want 4; then
-  if "$ROSTER" agent --help >"$W/agent-help.txt" 2>&1; then
-    log "part 4: one idle roster agent for ${AGENT_SECONDS}s"
+  if [ -x "$AGENT_BIN" ]; then
+    log "part 4: one idle roster-agent (and one roster agent) for ${AGENT_SECONDS}s"
     roster_lb r4 "$P_R4"
     R4_PID=$LAST_PID
-    start agent "$PROXY_CPUS" "$ROSTER" agent --discovery-lb "127.0.0.1:$((P_R4 + 1))" \
+    start agent "$PROXY_CPUS" "$AGENT_BIN" --discovery-lb "127.0.0.1:$((P_R4 + 1))" \
       --metrics-port "$P_AGENT" --id bench-agent --address "127.0.0.1:$P_APP"
     AGENT_PID=$LAST_PID
+    start agent-full "$PROXY_CPUS" "$ROSTER" agent --discovery-lb "127.0.0.1:$((P_R4 + 1))" \
+      --metrics-port "$((P_AGENT + 1))" --id bench-agent-full --address "127.0.0.1:$((P_APP + 1))"
+    FULL_PID=$LAST_PID
     sleep 5
     if kill -0 "$AGENT_PID" 2>/dev/null; then
       fact p4.status ran
       fact p4.rss_start_kb "$(kb "$AGENT_PID" VmRSS)"
       cpu_window "$AGENT_PID" "$AGENT_SECONDS" p4
       fact p4.threads "$(awk '/^Threads:/ {print $2}' "/proc/$AGENT_PID/status")"
+      fact p4.anon_kb "$(kb "$AGENT_PID" RssAnon)"
+      fact p4.file_kb "$(kb "$AGENT_PID" RssFile)"
+      fact p4.full_rss_kb "$(kb "$FULL_PID" VmRSS 2>/dev/null || echo 0)"
+      fact p4.size_kb "$(($(stat -c %s "$AGENT_BIN") / 1024))"
+      fact p4.full_size_kb "$(($(stat -c %s "$ROSTER") / 1024))"
       if curl -s --max-time 5 "http://127.0.0.1:$((P_R4 + 1))/backends" | grep -q "127.0.0.1:$P_APP"; then
         fact p4.routable yes
       else
@@ -325,10 +337,10 @@ if want 4; then
     else
       fact p4.status "exited: $(tail -3 "$W/agent.log" | tr '\t\n' '  ')"
     fi
-    stop "$AGENT_PID"; stop "$R4_PID" INT
+    stop "$AGENT_PID"; stop "$FULL_PID"; stop "$R4_PID" INT
   else
-    fact p4.status "skipped: this roster has no agent subcommand"
-    log "part 4: skipped (no 'roster agent' in this build)"
+    fact p4.status "skipped: no roster-agent beside $ROSTER"
+    log "part 4: skipped (no $AGENT_BIN)"
   fi
 fi
 

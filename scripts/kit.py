@@ -636,9 +636,9 @@ def check_injected(label: str, pod: dict, *, native: bool, app_port: int, versio
     check(a["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "vitals"}
           and a["livenessProbe"]["httpGet"]["path"] == "/healthz",
           f"{label}: readiness and liveness probes on vitals /healthz")
-    check(a["lifecycle"]["preStop"] == {"exec": {"command": ["/usr/local/bin/roster", "agent", "drain"]}}
-          and a["command"] == ["/usr/local/bin/roster"] and a["args"] == ["agent"],
-          f"{label}: runs `roster agent`, preStop `roster agent drain`")
+    check(a["lifecycle"]["preStop"] == {"exec": {"command": ["/usr/local/bin/roster-agent", "drain"]}}
+          and a["command"] == ["/usr/local/bin/roster-agent"] and "args" not in a,
+          f"{label}: runs the `roster-agent` sidecar binary, preStop `roster-agent drain`")
     sc = a["securityContext"]
     check(sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
           and sc["capabilities"]["drop"] == ["ALL"] and sc["seccompProfile"]["type"] == "RuntimeDefault",

@@ -3,7 +3,6 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use roster::agent::AgentSubcommand;
 use roster::config::{Config, LbArgs};
 
 #[derive(Parser)]
@@ -69,40 +68,7 @@ fn main() -> anyhow::Result<()> {
             }
             roster::lb::run(config).context("roster lb")?;
         }
-        Command::Agent(cmd) => match &cmd.command {
-            Some(AgentSubcommand::Drain(d)) => {
-                let target = d
-                    .resolve()
-                    .context("roster agent drain: bad configuration")?;
-                let report = current_thread()?
-                    .block_on(roster::agent::drain::request(&target))
-                    .context("roster agent drain")?;
-                println!(
-                    "drained in {:.1}s: {} LB(s) confirmed{}",
-                    report.seconds,
-                    report.confirmed.len(),
-                    if report.unconfirmed.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", no answer from {}", report.unconfirmed.join(", "))
-                    }
-                );
-            }
-            None => {
-                let config = cmd
-                    .args
-                    .resolve()
-                    .context("roster agent: bad configuration")?;
-                if cmd.args.print_config {
-                    print!("{}", serde_yaml::to_string(&config)?);
-                    return Ok(());
-                }
-                // One thread: the agent is small and mostly idle.
-                current_thread()?
-                    .block_on(roster::agent::run(config))
-                    .context("roster agent")?;
-            }
-        },
+        Command::Agent(cmd) => roster::agent::cli(*cmd)?,
         Command::Demo(args) => {
             current_thread()?
                 .block_on(roster::demo::run(args))

@@ -31,6 +31,19 @@ fn agent(
     lbs: &[String],
     extra: &[&str],
 ) -> (Proc, SocketAddr) {
+    agent_from(common::BIN, ip, id, address, lbs, extra)
+}
+
+/// `agent`, run by `bin`: `roster` (`roster agent …`) or the sidecar
+/// binary (`roster-agent …`).
+fn agent_from(
+    bin: &str,
+    ip: &str,
+    id: &str,
+    address: SocketAddr,
+    lbs: &[String],
+    extra: &[&str],
+) -> (Proc, SocketAddr) {
     let vitals = free_addr(ip);
     let (lbs, addr, port) = (
         lbs.join(","),
@@ -51,7 +64,10 @@ fn agent(
         &port,
     ];
     args.extend_from_slice(extra);
-    (Proc::spawn(id, &args, &[]), vitals)
+    if bin != common::BIN {
+        args.remove(0);
+    }
+    (Proc::spawn_bin(bin, id, &args, &[], None), vitals)
 }
 
 async fn get_json(url: &str) -> Option<Value> {
@@ -677,11 +693,14 @@ async fn sigterm_deregisters_everywhere_then_exits_after_the_drain_period() {
     drop(hole);
 }
 
+/// Runs the sidecar binary exactly as the injector does: `roster-agent`,
+/// then `roster-agent drain` as the preStop hook.
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_drain_blocks_until_drained() {
     let lb = Lb::start("127.0.29.1", &[]).await;
     let app = app("127.0.29.2").await;
-    let (mut agent, vitals) = agent(
+    let (mut agent, vitals) = agent_from(
+        common::AGENT_BIN,
         "127.0.29.2",
         "drain-1",
         app.addr,
@@ -691,8 +710,8 @@ async fn agent_drain_blocks_until_drained() {
     lb.wait_backends(&[app.addr], Duration::from_secs(5)).await;
     let port = vitals.port().to_string();
     let drain = move || {
-        Command::new(common::BIN)
-            .args(["agent", "drain", "--metrics-listen", "127.0.29.2"])
+        Command::new(common::AGENT_BIN)
+            .args(["drain", "--metrics-listen", "127.0.29.2"])
             .env("ROSTER_METRICS_PORT", &port)
             .env_remove("ROSTER_CONFIG")
             .output()

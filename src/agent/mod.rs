@@ -197,6 +197,53 @@ pub struct AgentCommand {
     pub args: AgentArgs,
 }
 
+/// `roster agent [drain]` as a program, run by both `roster agent` and the
+/// lean `roster-agent` binary (the sidecar: it carries no proxy code, so
+/// it maps less).
+pub fn cli(cmd: AgentCommand) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let current_thread = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    match &cmd.command {
+        Some(AgentSubcommand::Drain(d)) => {
+            let target = d
+                .resolve()
+                .context("roster agent drain: bad configuration")?;
+            let report = current_thread()?
+                .block_on(drain::request(&target))
+                .context("roster agent drain")?;
+            println!(
+                "drained in {:.1}s: {} LB(s) confirmed{}",
+                report.seconds,
+                report.confirmed.len(),
+                if report.unconfirmed.is_empty() {
+                    String::new()
+                } else {
+                    format!(", no answer from {}", report.unconfirmed.join(", "))
+                }
+            );
+        }
+        None => {
+            let config = cmd
+                .args
+                .resolve()
+                .context("roster agent: bad configuration")?;
+            if cmd.args.print_config {
+                print!("{}", serde_yaml::to_string(&config)?);
+                return Ok(());
+            }
+            // One thread: the agent is small and mostly idle.
+            current_thread()?
+                .block_on(run(config))
+                .context("roster agent")?;
+        }
+    }
+    Ok(())
+}
+
 /// Subcommands of `roster agent`.
 #[derive(Debug, Clone, Subcommand)]
 pub enum AgentSubcommand {

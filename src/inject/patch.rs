@@ -2,11 +2,12 @@
 //! JSON patch that adds the `roster-agent` sidecar out. No I/O, no clock.
 //!
 //! What a pod with `roster.dev/inject: "true"` gets:
-//! - `roster-agent` (same image, `roster agent`) as a native sidecar
+//! - `roster-agent` (same image, its lean `roster-agent` binary: the same
+//!   CLI as `roster agent`, ~half the resident memory) as a native sidecar
 //!   (an initContainer with `restartPolicy: Always`) or, for clusters older
 //!   than 1.29, a classic container; port 9090 named `vitals`, downward-API
 //!   env, startup/readiness/liveness probes on the vitals `/healthz`, small
-//!   resources, a restricted securityContext, `preStop: roster agent drain`;
+//!   resources, a restricted securityContext, `preStop: roster-agent drain`;
 //! - `preStop: sleep` for the drain period on every app container that has
 //!   no `preStop` of its own, and a `terminationGracePeriodSeconds` long
 //!   enough for both;
@@ -43,7 +44,7 @@ pub const AGENT_CONTAINER: &str = "roster-agent";
 /// Name of the agent's port.
 pub const VITALS_PORT_NAME: &str = "vitals";
 /// Where the image keeps the binary (see the Dockerfile).
-pub const AGENT_BINARY: &str = "/usr/local/bin/roster";
+pub const AGENT_BINARY: &str = "/usr/local/bin/roster-agent";
 /// Volume holding the agent's bearer token, when registration needs one.
 pub const TOKEN_VOLUME: &str = "roster-agent-token";
 /// Where that volume is mounted in the agent.
@@ -515,7 +516,7 @@ pub fn agent_container(
         image: Some(cfg.image.clone()),
         image_pull_policy: cfg.image_pull_policy.clone(),
         command: Some(vec![AGENT_BINARY.into()]),
-        args: Some(vec!["agent".into()]),
+        args: None,
         env: Some(env_vars),
         ports: Some(vec![ContainerPort {
             name: Some(VITALS_PORT_NAME.into()),
@@ -531,7 +532,7 @@ pub fn agent_container(
         lifecycle: Some(Lifecycle {
             pre_stop: Some(LifecycleHandler {
                 exec: Some(ExecAction {
-                    command: Some(vec![AGENT_BINARY.into(), "agent".into(), "drain".into()]),
+                    command: Some(vec![AGENT_BINARY.into(), "drain".into()]),
                 }),
                 ..Default::default()
             }),
@@ -646,7 +647,8 @@ mod tests {
         let a = agent(&p);
         assert_eq!(a.restart_policy.as_deref(), Some("Always"));
         assert_eq!(a.image.as_deref(), Some(cfg.image.as_str()));
-        assert_eq!(a.args.as_deref(), Some(&["agent".to_string()][..]));
+        assert_eq!(a.command.as_deref(), Some(&[AGENT_BINARY.to_string()][..]));
+        assert_eq!(a.args, None);
         let port = &a.ports.as_ref().unwrap()[0];
         assert_eq!(
             (port.container_port, port.name.as_deref()),
@@ -672,7 +674,7 @@ mod tests {
         let drain = a.lifecycle.unwrap().pre_stop.unwrap().exec.unwrap();
         assert_eq!(
             drain.command.unwrap(),
-            [AGENT_BINARY, "agent", "drain"].map(String::from)
+            [AGENT_BINARY, "drain"].map(String::from)
         );
         let sc = a.security_context.unwrap();
         assert_eq!(sc.run_as_non_root, Some(true));

@@ -18,6 +18,8 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_roster");
+/// The sidecar binary: `roster-agent …` is `roster agent …`.
+pub const AGENT_BIN: &str = env!("CARGO_BIN_EXE_roster-agent");
 
 /// A free port on `ip` (bound then released; tests use distinct IPs to
 /// keep the window for collisions tiny).
@@ -44,7 +46,18 @@ impl Proc {
         env: &[(&str, &str)],
         log: Option<&std::path::Path>,
     ) -> Self {
-        let mut cmd = Command::new(BIN);
+        Self::spawn_bin(BIN, name, args, env, log)
+    }
+
+    /// Like `spawn_logged`, running `bin` instead of `roster`.
+    pub fn spawn_bin(
+        bin: &str,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: Option<&std::path::Path>,
+    ) -> Self {
+        let mut cmd = Command::new(bin);
         let stderr = match log {
             Some(p) => Stdio::from(std::fs::File::create(p).expect("log file")),
             None => Stdio::inherit(),
