@@ -467,3 +467,33 @@ async fn consistent_hash_sticks_and_least_loaded_avoids_busy() {
         "{seen:?}"
     );
 }
+
+/// With several threads, idle upstream connections are reused, not raced
+/// for: one current-thread runtime per thread made pingora fail to
+/// reacquire pooled connections ("failed to acquire reusable stream") and
+/// connect afresh, hundreds of times a second under load.
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_connections_are_reused_with_several_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("lb.log");
+    let lb = Lb::start_with("127.0.31.1", &["--threads", "2"], &[], Some(&log)).await;
+    let b = Backend::start("reuse-1", "127.0.31.2").await;
+    lb.register(&b.id, b.addr(), b.metrics_port()).await;
+    lb.wait_backends(&[b.addr()], Duration::from_secs(5)).await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let report = common::start_load(
+        format!("http://{}/", lb.proxy),
+        16,
+        Duration::from_secs(10),
+        3000,
+        stop,
+    )
+    .await
+    .unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert!(report.ok >= 3000, "{} requests", report.ok);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let raced = logged.matches("failed to acquire reusable stream").count();
+    assert_eq!(raced, 0, "{raced} pooled connections could not be reused");
+}

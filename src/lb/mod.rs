@@ -275,10 +275,13 @@ pub fn run(config: Config) -> Result<(), Error> {
         grace_period_seconds: Some(lb.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: lb.keepalive_pool_size,
-        // One current-thread runtime per thread, each connection pinned to
-        // one: no cross-thread wakeups or steal checks on the hot path
-        // (perf, bench part 1: +25% requests/s at one thread).
-        work_stealing: false,
+        // One thread: a current-thread runtime, with no steal checks or
+        // cross-thread wakeups on the hot path (perf, bench part 1: +25%
+        // requests/s). Several threads keep work stealing: with one runtime
+        // per thread, pingora parks idle upstream connections on a random
+        // runtime and reusing them races ("failed to acquire reusable
+        // stream", a new connection instead).
+        work_stealing: threads > 1,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
