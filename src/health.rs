@@ -159,11 +159,11 @@ impl CheckResult {
 /// (~1 KB): at 10,000 backends that is 1 MB instead of 10 MB. Only checks in
 /// flight hold futures, and the semaphore bounds those.
 pub struct HealthLoop {
-    pub registry: Arc<Registry>,
-    pub checker: Checker,
-    pub interval: Duration,
-    pub permits: Arc<Semaphore>,
-    pub metrics: Arc<LbMetrics>,
+    registry: Arc<Registry>,
+    checker: Checker,
+    interval: Duration,
+    permits: Arc<Semaphore>,
+    metrics: Arc<LbMetrics>,
     queue: mpsc::UnboundedSender<Due>,
     /// Taken by [`HealthLoop::run`].
     inbox: Mutex<Option<mpsc::UnboundedReceiver<Due>>>,
@@ -454,6 +454,57 @@ mod scheduler_tests {
         assert!(
             (3..=7).contains(&n),
             "{n} checks in 1.5 s: one schedule only"
+        );
+    }
+}
+
+#[cfg(test)]
+mod checker_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::serve::ListenerExt;
+
+    use super::*;
+
+    /// Pooled check connections are reused within an interval and closed
+    /// after two unused ones (not kept the 90 s of reqwest's default).
+    #[tokio::test]
+    async fn pooled_connections_idle_out_after_two_intervals() {
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let a = Arc::clone(&accepted);
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(|| async { axum::Json(serde_json::json!({"ready": true})) }),
+        );
+        let l = tokio::net::TcpListener::bind(("127.0.0.85", 0))
+            .await
+            .unwrap();
+        let addr = l.local_addr().unwrap();
+        let l = l.tap_io(move |_| {
+            a.fetch_add(1, Ordering::SeqCst);
+        });
+        tokio::spawn(async move { axum::serve(l, app).await });
+
+        let interval = Duration::from_millis(100);
+        let checker = Checker::new("/metrics", Duration::from_millis(200), interval).unwrap();
+        for _ in 0..3 {
+            let r = checker.check(addr, "x", true).await;
+            assert!(matches!(r, CheckResult::Ready(_)), "{r:?}");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one pooled connection");
+        // Idle timeout: 2 × 100 ms + 200 ms.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        checker.check(addr, "x", true).await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "the idle one was closed"
+        );
+        checker.check(addr, "x", false).await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            3,
+            "fresh: a new connection"
         );
     }
 }

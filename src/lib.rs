@@ -8,6 +8,13 @@
 #![forbid(unsafe_code)]
 
 /// `roster agent` and the embeddable agent library: announcer, vitals, drain.
+/// The one-thread runtime the small commands (agent, demo, status) run on.
+pub fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 pub mod agent;
 /// The YAML file, flags and env vars, merged.
 pub mod config;

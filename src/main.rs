@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use roster::config::{Config, LbArgs};
+use roster::current_thread;
 
 #[derive(Parser)]
 #[command(
@@ -39,12 +40,6 @@ struct SchemaArgs {
     /// Print the Helm chart's values.schema.json instead (`config:` is the config file's schema).
     #[arg(long)]
     helm: bool,
-}
-
-fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
 }
 
 // mimalloc: under glibc malloc, pingora's per-request allocations cost ~14%
@@ -90,10 +85,7 @@ fn main() -> anyhow::Result<()> {
                 .context("roster demo-backend")?;
         }
         Command::Status(args) => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(roster::status::run(args))?;
+            current_thread()?.block_on(roster::status::run(args))?;
         }
         Command::Inject(args) => {
             if let Some(dir) = &args.generate_cert {

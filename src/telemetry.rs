@@ -213,7 +213,7 @@ pub fn code_class(status: u16) -> &'static str {
 }
 
 /// Every `code_class` label value, indexed by [`class_index`].
-pub const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
 
 fn class_index(status: u16) -> usize {
     match status {

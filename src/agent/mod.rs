@@ -201,12 +201,8 @@ pub struct AgentCommand {
 /// lean `roster-agent` binary (the sidecar: it carries no proxy code, so
 /// it maps less).
 pub fn cli(cmd: AgentCommand) -> anyhow::Result<()> {
+    use crate::current_thread;
     use anyhow::Context;
-    let current_thread = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    };
     match &cmd.command {
         Some(AgentSubcommand::Drain(d)) => {
             let target = d
