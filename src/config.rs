@@ -15,6 +15,9 @@ use ipnet::IpNet;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::limits::{ControlLimitArgs, ProxyLimitArgs};
+pub use crate::limits::{ControlLimits, ProxyLimits, VitalsLimits};
+
 /// A configuration problem, always naming the file, key or flag at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -200,6 +203,10 @@ pub struct LbConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(schema_with = "duration_schema")]
     pub warmup: Duration,
+    /// Bounds on the proxy port's client connections.
+    pub proxy_limits: ProxyLimits,
+    /// Bounds on the control API's connections.
+    pub control_limits: ControlLimits,
 }
 
 impl Default for LbConfig {
@@ -222,6 +229,8 @@ impl Default for LbConfig {
             max_ejection_time: Duration::from_secs(300),
             shutdown_delay: Duration::ZERO,
             warmup: Duration::from_secs(30),
+            proxy_limits: ProxyLimits::default(),
+            control_limits: ControlLimits::default(),
         }
     }
 }
@@ -318,6 +327,8 @@ pub struct AgentConfig {
     pub drain_period: Duration,
     /// Where `cpu_usage` and `memory_usage` come from.
     pub resources: ResourceMode,
+    /// Bounds on the vitals port's connections.
+    pub vitals_limits: VitalsLimits,
 }
 
 impl Default for AgentConfig {
@@ -332,6 +343,7 @@ impl Default for AgentConfig {
             app_vitals: None,
             drain_period: Duration::from_secs(10),
             resources: ResourceMode::Auto,
+            vitals_limits: VitalsLimits::default(),
         }
     }
 }
@@ -427,6 +439,8 @@ impl Config {
             return Err(invalid("registration.max_backends", "must be 1..=65535"));
         }
         self.registration.networks()?;
+        crate::limits::validate("lb.proxy_limits", &self.lb.proxy_limits.get())?;
+        crate::limits::validate("lb.control_limits", &self.lb.control_limits.get())?;
         Ok(())
     }
 }
@@ -557,6 +571,10 @@ pub struct LbArgs {
     /// Burst per source IP (registration.rate_limit_burst).
     #[arg(long, env = "ROSTER_RATE_LIMIT_BURST")]
     pub rate_limit_burst: Option<u32>,
+    #[command(flatten)]
+    pub proxy_limits: ProxyLimitArgs,
+    #[command(flatten)]
+    pub control_limits: ControlLimitArgs,
     /// Print the merged configuration as YAML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -617,6 +635,8 @@ impl LbArgs {
         set!(c.registration.kubernetes_auth, self.kubernetes_auth);
         set!(c.registration.rate_limit, self.rate_limit);
         set!(c.registration.rate_limit_burst, self.rate_limit_burst);
+        self.proxy_limits.apply(&mut c.lb.proxy_limits);
+        self.control_limits.apply(&mut c.lb.control_limits);
     }
 }
 

@@ -54,7 +54,9 @@ impl Checker {
         let client = |idle_per_host: usize| {
             reqwest::Client::builder()
                 .timeout(timeout)
-                .connect_timeout(timeout)
+                // A blackholed address (a zone outage drops SYNs) fails in
+                // half the time a slow answer gets.
+                .connect_timeout((timeout / 2).max(Duration::from_millis(100)))
                 .pool_idle_timeout(idle)
                 .pool_max_idle_per_host(idle_per_host)
                 .no_proxy()
@@ -162,7 +164,11 @@ pub struct HealthLoop {
     registry: Arc<Registry>,
     checker: Checker,
     interval: Duration,
+    /// New entries and those whose last check passed.
     permits: Arc<Semaphore>,
+    /// Entries that keep failing: their own, smaller lane, so timeouts of
+    /// dead backends never delay the checks of new or live ones.
+    failing_permits: Arc<Semaphore>,
     metrics: Arc<LbMetrics>,
     queue: mpsc::UnboundedSender<Due>,
     /// Taken by [`HealthLoop::run`].
@@ -190,6 +196,7 @@ impl HealthLoop {
             checker,
             interval,
             permits: Arc::new(Semaphore::new(concurrency)),
+            failing_permits: Arc::new(Semaphore::new((concurrency / 4).max(1))),
             metrics,
             queue,
             inbox: Mutex::new(Some(inbox)),
@@ -228,25 +235,38 @@ impl HealthLoop {
                     let Some(target) = self.registry.target(&id, generation) else {
                         continue;
                     };
-                    let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
-                        return;
-                    };
-                    let this = Arc::clone(&self);
-                    tokio::spawn(async move {
-                        this.check_once(&target).await;
-                        drop(permit);
-                        // ±5% jitter keeps a fleet registered at once from
-                        // staying in step.
-                        let jitter = rand::rng().random_range(0.95..1.05);
-                        let _ = this.queue.send(Due {
-                            id: target.id,
-                            generation: target.generation,
-                            after: this.interval.mul_f64(jitter),
-                        });
-                    });
+                    // The scheduler never waits for a permit: a full lane
+                    // must not hold back the other lane or new entries.
+                    tokio::spawn(Arc::clone(&self).check_and_requeue(target));
                 }
             }
         }
+    }
+
+    /// One check in the entry's lane, then the entry's next slot: the
+    /// interval (±5% jitter, so a fleet registered at once does not stay
+    /// in step), or longer for an entry that keeps failing.
+    async fn check_and_requeue(self: Arc<Self>, target: Target) {
+        let lane = if target.failing > 0 {
+            &self.failing_permits
+        } else {
+            &self.permits
+        };
+        let Ok(permit) = Arc::clone(lane).acquire_owned().await else {
+            return;
+        };
+        self.check_once(&target).await;
+        drop(permit);
+        let failing = self
+            .registry
+            .target(&target.id, target.generation)
+            .map_or(0, |t| t.failing);
+        let jitter = rand::rng().random_range(0.95..1.05);
+        let _ = self.queue.send(Due {
+            id: target.id,
+            generation: target.generation,
+            after: backoff(self.interval, failing).mul_f64(jitter),
+        });
     }
 
     async fn check_once(&self, target: &Target) {
@@ -272,6 +292,14 @@ impl HealthLoop {
     }
 }
 
+/// The wait before the next check of an entry out of the pool for
+/// `failing` checks in a row: the interval, doubling from the third on, at
+/// most 4 × interval (a dead backend costs a quarter of the checks; one
+/// that comes back is in again within 4 intervals).
+pub fn backoff(interval: Duration, failing: u32) -> Duration {
+    interval * 2u32.pow(failing.saturating_sub(1).min(2))
+}
+
 /// Log only when health flips, not on every check.
 fn log_flip(id: &str, from: BackendState, to: BackendState, err: Option<&str>) {
     match to {
@@ -291,6 +319,13 @@ fn log_flip(id: &str, from: BackendState, to: BackendState, err: Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_grows_to_four_intervals() {
+        let i = Duration::from_secs(5);
+        let got: Vec<u64> = (0..6).map(|f| backoff(i, f).as_secs()).collect();
+        assert_eq!(got, [5, 5, 10, 20, 20, 20]);
+    }
 
     #[test]
     fn judge_reads_ready_and_id() {

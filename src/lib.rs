@@ -7,7 +7,6 @@
 //! modules below.
 #![forbid(unsafe_code)]
 
-/// `roster agent` and the embeddable agent library: announcer, vitals, drain.
 /// The one-thread runtime the small commands (agent, demo, status) run on.
 pub fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
@@ -15,12 +14,13 @@ pub fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// `roster agent` and the embeddable agent library: announcer, vitals, drain.
 pub mod agent;
 /// The YAML file, flags and env vars, merged.
 pub mod config;
 /// `roster demo` and `roster demo-backend`: roster on one machine.
 pub mod demo;
-/// Vitals health checks, one task per backend.
+/// Vitals health checks from one timer queue.
 pub mod health;
 /// The Helm chart's values, typed: `roster schema --helm`.
 pub mod helm;
@@ -28,10 +28,14 @@ pub mod helm;
 pub mod inject;
 /// `roster lb`: pingora proxy, selection, control API.
 pub mod lb;
+/// Per-listener bounds: head/body/idle timeouts, connection caps, shedding.
+pub mod limits;
 /// Wire types: registration, vitals, registry view.
 pub mod protocol;
 /// Entries, leases, states and the published routable set.
 pub mod registry;
+/// The bounded HTTP server behind the control API, vitals port and webhook.
+pub mod serve;
 /// `roster status`: the registry as a table.
 pub mod status;
 /// Logging and the LB's Prometheus metrics.

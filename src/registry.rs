@@ -187,6 +187,34 @@ pub struct Upstream {
     pub failures: std::sync::atomic::AtomicU32,
     /// This backend's request counters.
     pub requests: crate::telemetry::BackendRequests,
+    /// Set the moment the entry leaves or says not ready, before the next
+    /// publication: the request path skips it at once (read-your-writes for
+    /// DELETE, expiry and `ready: false`) while rebuilds stay coalesced.
+    withdrawn: AtomicBool,
+}
+
+impl Upstream {
+    pub fn new(id: &str, addr: SocketAddr) -> Self {
+        Self {
+            id: id.into(),
+            addr,
+            label: addr.to_string(),
+            in_flight: AtomicU64::new(0),
+            reported_load: AtomicU64::new(0),
+            failures: Default::default(),
+            requests: Default::default(),
+            withdrawn: AtomicBool::new(false),
+        }
+    }
+
+    /// Still in the registry and not withdrawn since the last publication.
+    pub fn live(&self) -> bool {
+        !self.withdrawn.load(Ordering::Acquire)
+    }
+
+    fn withdraw(&self, yes: bool) {
+        self.withdrawn.store(yes, Ordering::Release);
+    }
 }
 
 /// The routable set, published whole on every change.
@@ -196,12 +224,51 @@ pub struct Routable {
     pub backends: BTreeSet<Backend>,
     /// Request-path lookup from a selected address to its counters.
     pub upstreams: HashMap<SocketAddr, Arc<Upstream>>,
-    /// Sorted addresses, the seed's `/backends` answer.
+    /// Sorted addresses, the seed's `/backends` answer as published (see
+    /// [`Routable::live`] for what is routable now).
     pub addresses: Vec<String>,
+    /// The upstreams of `addresses`, in the same order.
+    members: Vec<Arc<Upstream>>,
     /// FNV-1a of the sorted addresses, 32 bits so it is exact as a gauge.
     pub digest: u32,
     /// Too few healthy backends: routing to every verified, ready one.
     pub panic: bool,
+}
+
+impl Routable {
+    /// The addresses traffic goes to now and their digest: the published
+    /// set minus what was withdrawn since (O(n); reads only).
+    pub fn live(&self) -> (Vec<&str>, u32) {
+        let live: Vec<&str> = self
+            .addresses
+            .iter()
+            .zip(&self.members)
+            .filter(|(_, u)| u.live())
+            .map(|(a, _)| a.as_str())
+            .collect();
+        let digest = if live.len() == self.addresses.len() {
+            self.digest
+        } else {
+            digest(live.iter().copied())
+        };
+        (live, digest)
+    }
+
+    /// Whether `addr` may be picked now.
+    pub fn usable(&self, addr: &SocketAddr) -> Option<&Arc<Upstream>> {
+        self.upstreams.get(addr).filter(|u| u.live())
+    }
+}
+
+/// FNV-1a of sorted addresses, folded to 32 bits so it is exact as a gauge.
+fn digest<'a>(sorted: impl Iterator<Item = &'a str>) -> u32 {
+    let mut h = fnv::FnvHasher::default();
+    for a in sorted {
+        h.write(a.as_bytes());
+        h.write_u8(b'\n');
+    }
+    let full = h.finish();
+    (full ^ (full >> 32)) as u32
 }
 
 /// The outcome of one health check.
@@ -223,6 +290,9 @@ pub struct Target {
     pub id: String,
     pub generation: u64,
     pub vitals_addr: SocketAddr,
+    /// Checks failed in a row while out of the pool (0 for a new, passing
+    /// or still-routable entry): picks the check lane and the backoff.
+    pub failing: u32,
 }
 
 struct Entry {
@@ -268,6 +338,8 @@ impl Entry {
 struct Entries {
     by_id: HashMap<String, Entry>,
     by_addr: HashMap<SocketAddr, String>,
+    /// Upstreams removed since the last [`Registry::forget_removed`].
+    removed: Vec<Arc<Upstream>>,
 }
 
 impl Entries {
@@ -313,6 +385,8 @@ impl Entries {
         if self.by_addr.get(&e.addr).is_some_and(|h| h == id) {
             self.by_addr.remove(&e.addr);
         }
+        e.upstream.withdraw(true);
+        self.removed.push(Arc::clone(&e.upstream));
         Some(e)
     }
 }
@@ -437,6 +511,7 @@ impl Registry {
             .holder(&v.addr)
             .filter(|h| *h != v.id)
             .map(String::from);
+        let holder_removed = holder.is_some();
         if let Some(old) = holder {
             tracing::info!(id = %old, new_id = %v.id, address = %v.addr, "address taken over by a new id");
             entries.remove(&old);
@@ -461,15 +536,7 @@ impl Registry {
             eject_reason: None,
             ejections: 0,
             last_ejected: None,
-            upstream: Arc::new(Upstream {
-                id: v.id.clone(),
-                addr: v.addr,
-                label: v.addr.to_string(),
-                in_flight: AtomicU64::new(0),
-                reported_load: AtomicU64::new(0),
-                failures: Default::default(),
-                requests: Default::default(),
-            }),
+            upstream: Arc::new(Upstream::new(&v.id, v.addr)),
         };
         if !replacing {
             *self.last_created.lock() = Some(now);
@@ -478,11 +545,12 @@ impl Registry {
             id: v.id.clone(),
             generation,
             vitals_addr: SocketAddr::new(v.addr.ip(), v.metrics_port),
+            failing: 0,
         };
         let resp = self.response(&entry);
-        let was_routable = entries.insert(entry).is_some_and(|e| e.routable());
+        let replaced = entries.insert(entry).is_some() || holder_removed;
         drop(entries);
-        if was_routable {
+        if replaced {
             self.dirty.notify_one();
         }
         let outcome = if replacing {
@@ -512,15 +580,27 @@ impl Registry {
 
     /// Remove an entry now. Returns false for an unknown id.
     pub fn deregister(&self, id: &str) -> bool {
-        let removed = self.entries.write().remove(id);
-        match removed {
-            Some(e) => {
-                if e.routable() {
-                    self.dirty.notify_one();
-                }
-                true
+        let removed = self.entries.write().remove(id).is_some();
+        if removed {
+            self.dirty.notify_one();
+        }
+        removed
+    }
+
+    /// Call `forget` with the address label of every upstream removed since
+    /// the last call whose address no entry holds now (a successor on the
+    /// same address keeps the series).
+    pub fn forget_removed(&self, forget: impl Fn(&str)) {
+        let removed = std::mem::take(&mut self.entries.write().removed);
+        if removed.is_empty() {
+            return;
+        }
+        // Under the read lock, so no entry takes the address meanwhile.
+        let entries = self.entries.read();
+        for u in removed {
+            if entries.holder(&u.addr).is_none() {
+                forget(&u.label);
             }
-            None => false,
         }
     }
 
@@ -537,20 +617,19 @@ impl Registry {
             return expired;
         }
         let mut entries = self.entries.write();
-        let mut flipped = false;
-        for id in &expired {
+        let mut gone = Vec::with_capacity(expired.len());
+        for id in expired {
             // Re-check under the write lock: it may have been renewed since.
-            if entries.get(id).is_some_and(|e| e.lease_expires <= now)
-                && let Some(e) = entries.remove(id)
-            {
-                flipped |= e.routable();
+            if entries.get(&id).is_some_and(|e| e.lease_expires <= now) {
+                entries.remove(&id);
+                gone.push(id);
             }
         }
         drop(entries);
-        if flipped {
+        if !gone.is_empty() {
             self.dirty.notify_one();
         }
-        expired
+        gone
     }
 
     /// The target to probe for `id`, or None once the entry is gone or
@@ -558,10 +637,12 @@ impl Registry {
     pub fn target(&self, id: &str, generation: u64) -> Option<Target> {
         let entries = self.entries.read();
         let e = entries.get(id).filter(|e| e.generation == generation)?;
+        let out = e.checked && e.state == BackendState::Unhealthy;
         Some(Target {
             id: e.id.clone(),
             generation,
             vitals_addr: SocketAddr::new(e.addr.ip(), e.metrics_port),
+            failing: if out { e.fails } else { 0 },
         })
     }
 
@@ -591,6 +672,7 @@ impl Registry {
                     Ordering::Relaxed,
                 );
                 e.vitals = Some(v);
+                e.upstream.withdraw(false);
                 if e.state != BackendState::Draining
                     && (e.state == BackendState::Healthy
                         || e.successes >= self.thresholds.healthy
@@ -607,6 +689,8 @@ impl Registry {
                 e.successes = 0;
                 e.last_error = Some("vitals say ready=false".into());
                 e.vitals = Some(v);
+                // Out before the next pick, not the next publication.
+                e.upstream.withdraw(true);
                 if e.state != BackendState::Draining {
                     e.state = BackendState::NotReady;
                 }
@@ -657,7 +741,7 @@ impl Registry {
         let pct = self.thresholds.panic_percent;
         routable.panic =
             pct > 0.0 && eligible > 0 && (healthy as f64) * 100.0 < pct * eligible as f64;
-        let mut addrs: Vec<SocketAddr> = Vec::new();
+        let mut addrs: Vec<(SocketAddr, Arc<Upstream>)> = Vec::new();
         let chosen = entries.values().filter(|e| {
             if routable.panic {
                 e.panic_usable()
@@ -672,18 +756,13 @@ impl Registry {
                 ext: Default::default(),
             });
             routable.upstreams.insert(e.addr, Arc::clone(&e.upstream));
-            addrs.push(e.addr);
+            addrs.push((e.addr, Arc::clone(&e.upstream)));
         }
         drop(entries);
-        addrs.sort_unstable();
-        routable.addresses = addrs.iter().map(ToString::to_string).collect();
-        let mut h = fnv::FnvHasher::default();
-        for a in &routable.addresses {
-            h.write(a.as_bytes());
-            h.write_u8(b'\n');
-        }
-        let full = h.finish();
-        routable.digest = (full ^ (full >> 32)) as u32;
+        addrs.sort_unstable_by_key(|(a, _)| *a);
+        routable.addresses = addrs.iter().map(|(a, _)| a.to_string()).collect();
+        routable.members = addrs.into_iter().map(|(_, u)| u).collect();
+        routable.digest = digest(routable.addresses.iter().map(String::as_str));
         let routable = Arc::new(routable);
         self.routable.store(Arc::clone(&routable));
         routable
@@ -794,7 +873,7 @@ impl Registry {
                 metrics_port: e.metrics_port,
                 weight: e.weight,
                 state: e.state,
-                routable: routable.upstreams.contains_key(&e.addr),
+                routable: routable.usable(&e.addr).is_some(),
                 ejected: e.ejected_until.map(|t| {
                     format!(
                         "{} (for {}s more)",
@@ -814,7 +893,7 @@ impl Registry {
         drop(entries);
         backends.sort_by(|a, b| a.id.cmp(&b.id));
         RegistryView {
-            digest: format!("{:08x}", routable.digest),
+            digest: format!("{:08x}", routable.live().1),
             panic: routable.panic,
             backends,
         }

@@ -50,6 +50,11 @@ pub struct LbMetrics {
     pub panic: IntGauge,
     /// `roster_lb_retries_total`: requests sent to another backend after a failure.
     pub retries: IntCounter,
+    /// `roster_lb_open_connections{listener}`: client connections open now.
+    pub open_connections: IntGaugeVec,
+    /// `roster_lb_connections_shed_total{listener,reason}`: connections closed
+    /// or refused by the listener's limits.
+    pub connections_shed: IntCounterVec,
 }
 
 impl LbMetrics {
@@ -147,8 +152,26 @@ impl LbMetrics {
             "Requests retried on another backend after a failure",
         )
         .expect("metric");
+        let open_connections = IntGaugeVec::new(
+            Opts::new(
+                "roster_lb_open_connections",
+                "Client connections open now, by listener",
+            ),
+            &["listener"],
+        )
+        .expect("metric");
+        let connections_shed = IntCounterVec::new(
+            Opts::new(
+                "roster_lb_connections_shed_total",
+                "Connections closed or refused by the listener's limits, by reason",
+            ),
+            &["listener", "reason"],
+        )
+        .expect("metric");
         for c in [
-            Box::new(backends.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(open_connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(connections_shed.clone()),
+            Box::new(backends.clone()),
             Box::new(routable.clone()),
             Box::new(digest.clone()),
             Box::new(requests.clone()),
@@ -184,6 +207,28 @@ impl LbMetrics {
             ejections,
             panic,
             retries,
+            open_connections,
+            connections_shed,
+        }
+    }
+
+    /// Copy a listener's connection counts into the series (at scrape time).
+    pub fn observe_connections(&self, table: &crate::limits::ConnTable) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let name = table.name();
+        self.open_connections
+            .with_label_values(&[name])
+            .set(table.open() as i64);
+        let s = &table.shed;
+        for (reason, n) in [
+            ("header_timeout", &s.header_timeout),
+            ("idle_timeout", &s.idle_timeout),
+            ("write_timeout", &s.write_timeout),
+            ("evicted", &s.evicted),
+            ("refused", &s.refused),
+        ] {
+            let c = self.connections_shed.with_label_values(&[name, reason]);
+            c.inc_by(n.load(Relaxed).saturating_sub(c.get()));
         }
     }
 
@@ -207,34 +252,77 @@ pub fn encode(registry: &Registry) -> String {
     String::from_utf8(buf).unwrap_or_default()
 }
 
-/// `2xx`, `4xx`... for a status code; `error` when no response was sent.
-pub fn code_class(status: u16) -> &'static str {
-    CODE_CLASSES[class_index(status)]
+/// The `code_class` label of `roster_lb_requests_total` and friends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeClass {
+    Informational,
+    Success,
+    Redirect,
+    ClientError,
+    ServerError,
+    /// No answer, or the backend broke its answer after the header.
+    Error,
+    /// The client hung up before the answer was done.
+    Aborted,
 }
 
-/// Every `code_class` label value, indexed by [`class_index`].
-const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+impl CodeClass {
+    const ALL: [Self; 7] = [
+        Self::Informational,
+        Self::Success,
+        Self::Redirect,
+        Self::ClientError,
+        Self::ServerError,
+        Self::Error,
+        Self::Aborted,
+    ];
 
-fn class_index(status: u16) -> usize {
-    match status {
-        100..=599 => usize::from(status / 100 - 1),
-        _ => 5,
+    /// `2xx`, `4xx`... for a status code; `error` when none was sent.
+    pub fn of(status: u16) -> Self {
+        match status {
+            100..=599 => Self::ALL[usize::from(status / 100 - 1)],
+            _ => Self::Error,
+        }
     }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Informational => "1xx",
+            Self::Success => "2xx",
+            Self::Redirect => "3xx",
+            Self::ClientError => "4xx",
+            Self::ServerError => "5xx",
+            Self::Error => "error",
+            Self::Aborted => "aborted",
+        }
+    }
+}
+
+/// `2xx`, `4xx`... for a status code; `error` when no response was sent.
+pub fn code_class(status: u16) -> &'static str {
+    CodeClass::of(status).as_str()
 }
 
 /// One backend's `roster_lb_requests_total` series, resolved on first use:
 /// the request path then skips `with_label_values` (hashing two label
 /// strings per request, 1% of a proxy core at 10,000 backends).
 #[derive(Debug, Default)]
-pub struct BackendRequests([OnceLock<IntCounter>; 6]);
+pub struct BackendRequests([OnceLock<IntCounter>; 7]);
 
 impl BackendRequests {
-    /// Count one request to `backend` answered with `status`.
-    pub fn inc(&self, vec: &IntCounterVec, backend: &str, status: u16) {
-        let i = class_index(status);
-        self.0[i]
-            .get_or_init(|| vec.with_label_values(&[backend, CODE_CLASSES[i]]))
+    /// Count one request to `backend` in `class`.
+    pub fn inc(&self, vec: &IntCounterVec, backend: &str, class: CodeClass) {
+        self.0[class as usize]
+            .get_or_init(|| vec.with_label_values(&[backend, class.as_str()]))
             .inc();
+    }
+
+    /// Drop every series of `backend` (it left the registry), so the
+    /// scrape is bounded by the live pool.
+    pub fn forget(vec: &IntCounterVec, backend: &str) {
+        for class in CodeClass::ALL {
+            let _ = vec.remove_label_values(&[backend, class.as_str()]);
+        }
     }
 }
 
@@ -260,12 +348,14 @@ mod tests {
     fn backend_requests_count_into_the_shared_series() {
         let m = LbMetrics::new();
         let a = BackendRequests::default();
-        a.inc(&m.requests, "10.0.0.1:80", 200);
-        a.inc(&m.requests, "10.0.0.1:80", 201);
-        a.inc(&m.requests, "10.0.0.1:80", 502);
+        a.inc(&m.requests, "10.0.0.1:80", CodeClass::of(200));
+        a.inc(&m.requests, "10.0.0.1:80", CodeClass::of(201));
+        a.inc(&m.requests, "10.0.0.1:80", CodeClass::of(502));
         // A second holder (a re-registered backend) shares the series.
-        BackendRequests::default().inc(&m.requests, "10.0.0.1:80", 200);
+        BackendRequests::default().inc(&m.requests, "10.0.0.1:80", CodeClass::of(200));
         let v = |class| m.requests.with_label_values(&["10.0.0.1:80", class]).get();
         assert_eq!((v("2xx"), v("5xx"), v("4xx")), (3, 1, 0));
+        BackendRequests::forget(&m.requests, "10.0.0.1:80");
+        assert!(!m.render().contains("10.0.0.1:80"), "series dropped");
     }
 }

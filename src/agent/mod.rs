@@ -144,6 +144,8 @@ pub struct AgentArgs {
     /// Source of cpu_usage/memory_usage: auto, cgroup or host (agent.resources).
     #[arg(long, env = "ROSTER_RESOURCES")]
     pub resources: Option<ResourceMode>,
+    #[command(flatten)]
+    pub vitals_limits: crate::limits::VitalsLimitArgs,
     /// Print the merged configuration as YAML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -185,6 +187,7 @@ impl AgentArgs {
         over(&mut c.agent.metrics_listen, &self.metrics_listen);
         over(&mut c.health_check.interval, &self.health_interval);
         over(&mut c.agent.resources, &self.resources);
+        self.vitals_limits.apply(&mut c.agent.vitals_limits);
     }
 }
 
@@ -267,6 +270,8 @@ pub struct Settings {
     /// The LBs' `health_check.interval`.
     pub lb_health_interval: Duration,
     pub resources: ResourceMode,
+    /// Bounds on the vitals port's connections.
+    pub vitals_limits: crate::limits::Limits,
     /// Reported as `version` in the vitals.
     pub version: String,
 }
@@ -387,7 +392,10 @@ impl Settings {
                 format!("{u:?}: not an http:// URL"),
             ));
         }
+        let vitals_limits = a.vitals_limits.get();
+        crate::limits::validate("agent.vitals_limits", &vitals_limits)?;
         Ok(Self {
+            vitals_limits,
             id,
             address,
             load_balancers,
@@ -497,6 +505,12 @@ impl Agent {
     /// and the drain coordinator on the current tokio runtime.
     pub async fn spawn(self) -> Result<AgentHandle, AgentError> {
         let s = self.settings;
+        // Idle clients of the vitals port must never leave the agent without
+        // a descriptor for its own probe and announcer: a quarter at most.
+        let fd_limit = crate::limits::raise_fd_limit();
+        let mut vitals_limits = s.vitals_limits;
+        vitals_limits.max_connections =
+            crate::limits::budget("vitals", vitals_limits.max_connections, fd_limit, 0.25);
         let bind = SocketAddr::new(s.metrics_listen, s.metrics_port);
         let listener = tokio::net::TcpListener::bind(bind)
             .await
@@ -537,7 +551,8 @@ impl Agent {
             metrics,
             drain: drain::DrainState::new(),
         });
-        tokio::spawn(vitals::serve(listener, Arc::clone(&shared)));
+        let table = crate::limits::ConnTable::new("vitals", vitals_limits);
+        tokio::spawn(vitals::serve(listener, table, Arc::clone(&shared)));
         let announcer = tokio::spawn(announce::run(Arc::clone(&shared)));
         tokio::spawn(drain::coordinate(Arc::clone(&shared), announcer));
         Ok(AgentHandle { shared })

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -205,14 +204,17 @@ pub struct Peer {
     pub local: Option<SocketAddr>,
 }
 
-impl Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for Peer {
-    fn connect_info(s: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+impl Peer {
+    fn of(tcp: &tokio::net::TcpStream, remote: SocketAddr) -> Self {
         Self {
-            remote: *s.remote_addr(),
-            local: s.io().local_addr().ok(),
+            remote,
+            local: tcp.local_addr().ok(),
         }
     }
 }
+
+/// Largest request body (nothing the vitals port serves takes one).
+const MAX_BODY_BYTES: usize = 4096;
 
 fn error(status: StatusCode, message: &str) -> Response {
     (
@@ -269,22 +271,36 @@ async fn drain(State(sh): State<Arc<Shared>>, ConnectInfo(peer): ConnectInfo<Pee
 
 /// Serve until the drain is done, give pending answers a moment, then mark
 /// the agent finished.
-pub(crate) async fn serve(listener: tokio::net::TcpListener, sh: Arc<Shared>) {
-    let app = router(Arc::clone(&sh)).into_make_service_with_connect_info::<Peer>();
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    table: Arc<crate::limits::ConnTable>,
+    sh: Arc<Shared>,
+) {
     let done = {
         let sh = Arc::clone(&sh);
         async move {
             sh.drain.done().await;
         }
     };
-    let serve = axum::serve(listener, app).with_graceful_shutdown(done);
+    let serve = crate::serve::serve(
+        crate::serve::Listener {
+            listener,
+            table,
+            max_body: MAX_BODY_BYTES,
+            tls: None,
+            info: Peer::of,
+        },
+        router(Arc::clone(&sh)).layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES)),
+        done,
+        Duration::from_secs(2),
+    );
     let finished = async {
         // Bounded: an LB's keep-alive connection must not hold the exit.
         sh.drain.done().await;
         tokio::time::sleep(Duration::from_secs(2)).await;
     };
     tokio::select! {
-        r = serve => if let Err(e) = r { tracing::error!(error = %e, "vitals server stopped") },
+        _ = serve => {}
         _ = finished => {}
     }
     sh.drain.set_finished();

@@ -116,6 +116,9 @@ pub struct InjectArgs {
     /// Lifetime of that projected token (kubelet renews it; ≥ 10m).
     #[arg(long, env = "ROSTER_TOKEN_EXPIRATION", default_value = "1h", value_parser = parse_duration)]
     pub token_expiration: Duration,
+    /// Bounds on the webhook's connections (`--header-timeout`, ...).
+    #[command(flatten)]
+    pub limits: crate::limits::WebhookLimitArgs,
 }
 
 impl InjectArgs {
@@ -310,9 +313,22 @@ pub async fn run(args: InjectArgs) -> Result<(), Error> {
         lb = %cfg.load_balancers,
         "roster inject serving"
     );
-    server::serve_tls(
-        listener,
-        acceptor,
+    let mut limits = crate::limits::WebhookLimits::default();
+    args.limits.apply(&mut limits);
+    let limits = limits.get();
+    crate::limits::validate("webhook limits", &limits)?;
+    let fd_limit = crate::limits::raise_fd_limit();
+    let mut limits = limits;
+    limits.max_connections =
+        crate::limits::budget("webhook", limits.max_connections, fd_limit, 0.5);
+    crate::serve::serve(
+        crate::serve::Listener {
+            listener,
+            table: crate::limits::ConnTable::new("webhook", limits),
+            max_body: server::MAX_REVIEW_BYTES,
+            tls: Some(acceptor),
+            info: crate::serve::remote,
+        },
         server::router(cfg),
         shutdown_signal(),
         SHUTDOWN_GRACE,

@@ -41,6 +41,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -48,19 +50,30 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// Tell the client when to come back.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds.max(1));
+        self
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut resp = (
             self.status,
             Json(ErrorBody {
                 error: self.message,
             }),
         )
-            .into_response()
+            .into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, s.into());
+        }
+        resp
     }
 }
 
@@ -80,6 +93,12 @@ impl From<RegisterError> for ApiError {
 pub fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let body = body.map_err(|r| {
         let status = r.status();
+        if crate::serve::is_body_timeout(&r) {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body: the client stopped sending it",
+            );
+        }
         let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
             format!("body larger than {MAX_BODY_BYTES} bytes")
         } else {
@@ -149,10 +168,7 @@ async fn rate_limit(AxState(st): AxState<Arc<State>>, req: Request, next: Next) 
                 .registrations
                 .with_label_values(&["rate_limited"])
                 .inc();
-            let mut resp = e.into_response();
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, retry_after.into());
-            resp
+            e.retry_after(retry_after).into_response()
         }
     }
 }
@@ -179,7 +195,13 @@ async fn register(
         let reg: Registration = parse_json(body)?;
         let valid = st.registry.policy().validate(&reg)?;
         st.auth.authorize_write(&headers, valid.addr.ip()).await?;
-        Ok::<_, ApiError>(st.registry.register(valid, Instant::now())?)
+        st.registry.register(valid, Instant::now()).map_err(|e| {
+            let full = matches!(e, RegisterError::Full(_));
+            let e = ApiError::from(e);
+            // Room appears as leases expire; agents come back then.
+            let lease = st.config.registration.lease_ttl.as_secs();
+            if full { e.retry_after(lease / 3) } else { e }
+        })
     }
     .await;
     let (outcome, resp, target) = result.inspect_err(|e| {
@@ -231,7 +253,8 @@ async fn deregister(
 }
 
 async fn backends(AxState(st): AxState<Arc<State>>) -> Response {
-    Json(&st.registry.routable().addresses).into_response()
+    let routable = st.registry.routable();
+    Json(routable.live().0).into_response()
 }
 
 async fn registry(AxState(st): AxState<Arc<State>>) -> Response {

@@ -100,7 +100,9 @@ impl TokenFile {
                     *cached = (now, Arc::new(t));
                 }
                 Err(e) => {
-                    tracing::warn!(path = %self.path.display(), error = %e, "token file unreadable; keeping the previous token")
+                    // Once per change of the file, not once per request.
+                    tracing::warn!(path = %self.path.display(), error = %e, "token file unreadable; keeping the previous token");
+                    cached.0 = now;
                 }
             }
         }

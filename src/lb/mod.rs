@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bounded;
 pub mod proxy;
 pub mod select;
 pub mod ui;
@@ -25,9 +26,10 @@ use pingora::services::background::{BackgroundService, background_service};
 use crate::Error;
 use crate::config::Config;
 use crate::health::{Checker, HealthLoop};
+use crate::limits::{self, ConnTable};
 use crate::protocol::BackendState;
 use crate::registry::{Policy, Registry, Thresholds};
-use crate::telemetry::LbMetrics;
+use crate::telemetry::{BackendRequests, LbMetrics};
 use select::Selector;
 
 /// Everything the LB shares between the proxy, the API and background tasks.
@@ -42,11 +44,29 @@ pub struct State {
     pub shutting_down: AtomicBool,
     /// Requests the proxy holds right now.
     pub active_requests: AtomicU64,
+    /// The proxy port's connections (`lb.proxy_limits`).
+    pub proxy_conns: Arc<ConnTable>,
+    /// The control API's connections (`lb.control_limits`).
+    pub control_conns: Arc<ConnTable>,
 }
 
 impl State {
     /// Build the state from a validated config.
     pub fn new(config: Config) -> Result<Arc<Self>, Error> {
+        Self::with_fd_limit(config, u64::MAX)
+    }
+
+    /// [`State::new`], with each listener's connection cap held to its
+    /// share of `fd_limit`: half for the proxy (each client connection may
+    /// need an upstream one), an eighth for the control API; the rest is
+    /// left for upstream pools and health checks.
+    pub fn with_fd_limit(config: Config, fd_limit: u64) -> Result<Arc<Self>, Error> {
+        let mut proxy_limits = config.lb.proxy_limits.get();
+        proxy_limits.max_connections =
+            limits::budget("proxy", proxy_limits.max_connections, fd_limit, 0.5);
+        let mut control_limits = config.lb.control_limits.get();
+        control_limits.max_connections =
+            limits::budget("control", control_limits.max_connections, fd_limit, 0.125);
         let networks = config.registration.networks()?;
         let policy = Policy {
             allowed_networks: networks,
@@ -84,6 +104,8 @@ impl State {
             health,
             shutting_down: AtomicBool::new(false),
             active_requests: AtomicU64::new(0),
+            proxy_conns: ConnTable::new("proxy", proxy_limits),
+            control_conns: ConnTable::new("control", control_limits),
         }))
     }
 
@@ -98,8 +120,12 @@ impl State {
                 .set(n as i64);
         }
         let routable = self.registry.routable();
-        self.metrics.routable.set(routable.addresses.len() as i64);
-        self.metrics.digest.set(i64::from(routable.digest));
+        let (live, digest) = routable.live();
+        self.metrics.routable.set(live.len() as i64);
+        self.metrics.digest.set(i64::from(digest));
+        for table in [&self.proxy_conns, &self.control_conns] {
+            self.metrics.observe_connections(table);
+        }
     }
 
     /// Republish the routable set whenever it changes and rebuild the
@@ -129,6 +155,10 @@ impl State {
             if let Err(e) = self.selector.update().await {
                 tracing::error!(error = %e, "selector update failed");
             }
+            // Series of backends that left: cardinality follows the pool.
+            let requests = &self.metrics.requests;
+            self.registry
+                .forget_removed(|label| BackendRequests::forget(requests, label));
             let cost = started.elapsed();
             tracing::debug!(
                 routable = r.addresses.len(),
@@ -192,9 +222,17 @@ impl BackgroundService for Control {
             }
         };
         let app = api::router(Arc::clone(&st));
-        let serve = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
+        let serve = crate::serve::serve(
+            crate::serve::Listener {
+                listener,
+                table: Arc::clone(&st.control_conns),
+                max_body: api::MAX_BODY_BYTES,
+                tls: None,
+                info: crate::serve::remote,
+            },
+            app,
+            std::future::pending::<()>(),
+            Duration::ZERO,
         );
         // The API keeps answering through the grace period (readyz says 503)
         // and stops with the runtime.
@@ -215,7 +253,7 @@ impl BackgroundService for Control {
             std::future::pending::<()>().await
         };
         tokio::select! {
-            r = serve => if let Err(e) = r { tracing::error!(error = %e, "control API stopped") },
+            _ = serve => tracing::error!("control API stopped"),
             _ = drain => {}
         }
     }
@@ -261,11 +299,12 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
 
 /// Run `roster lb` until SIGTERM (graceful) or SIGINT (fast). Blocks.
 pub fn run(config: Config) -> Result<(), Error> {
-    raise_fd_limit();
+    // Each backend may hold a pooled check connection and proxied ones.
+    let fd_limit = limits::raise_fd_limit();
     let control_listener = bind(config.lb.control_listen)?;
     // Fail fast when the proxy port is taken too (pingora would panic later).
     drop(bind(config.lb.listen)?);
-    let state = State::new(config)?;
+    let state = State::with_fd_limit(config, fd_limit)?;
     let lb = &state.config.lb;
     let threads = lb
         .threads
@@ -286,10 +325,17 @@ pub fn run(config: Config) -> Result<(), Error> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy = pingora::proxy::http_proxy_service(
+    let app = pingora::proxy::http_proxy(
         &server.configuration,
         proxy::Proxy {
             state: Arc::clone(&state),
+        },
+    );
+    let mut proxy = pingora::services::listening::Service::new(
+        "proxy".into(),
+        bounded::Bounded {
+            inner: Arc::new(app),
+            table: Arc::clone(&state.proxy_conns),
         },
     );
     proxy.add_tcp(&lb.listen.to_string());
@@ -315,11 +361,4 @@ pub fn run(config: Config) -> Result<(), Error> {
         }),
     });
     Ok(())
-}
-
-/// Each backend may hold a pooled check connection and proxied ones.
-fn raise_fd_limit() {
-    if let Err(e) = rlimit::increase_nofile_limit(1 << 20) {
-        tracing::warn!(error = %e, "could not raise the open-file limit");
-    }
 }

@@ -14,7 +14,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use super::State;
 use crate::registry::Upstream;
-use crate::telemetry::code_class;
+use crate::telemetry::CodeClass;
 
 /// Candidates visited per pick; bounds ketama's walk and retries' skips.
 const MAX_ITERATIONS: usize = 256;
@@ -59,6 +59,18 @@ pub struct Ctx {
     no_backend: Option<&'static str>,
     /// Status of the backend's answer, once one arrived.
     upstream_status: Option<u16>,
+    /// How proxying ended, when it did not end well.
+    failure: Option<Failure>,
+}
+
+/// Who broke a proxied exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The backend reset, timed out or sent a broken answer: counts
+    /// toward ejection.
+    Upstream,
+    /// The client hung up or stalled: never the backend's fault.
+    Downstream,
 }
 
 #[async_trait]
@@ -74,7 +86,29 @@ impl ProxyHttp for Proxy {
             tried: Vec::new(),
             no_backend: None,
             upstream_status: None,
+            failure: None,
         }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        super::bounded::head_done(session);
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        let hosts = req.headers.get_all(http::header::HOST).iter().count();
+        // RFC 9112 §3.2: an HTTP/1.1 request needs exactly one Host.
+        if req.version == http::Version::HTTP_11 && hosts != 1 {
+            let why = if hosts == 0 {
+                "Host header missing (HTTP/1.1 requires one)"
+            } else {
+                "more than one Host header"
+            };
+            respond_json(session, 400, why).await;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -87,9 +121,10 @@ impl ProxyHttp for Proxy {
         };
         let picked = selector.select_with(&key, MAX_ITERATIONS, |b, _| {
             // The selector may lag the published set by one rebuild.
+            // (and a DELETE or `ready: false` since then is already out).
             b.addr
                 .as_inet()
-                .is_some_and(|a| routable.upstreams.contains_key(a) && !ctx.tried.contains(a))
+                .is_some_and(|a| routable.usable(a).is_some() && !ctx.tried.contains(a))
         });
         let Some(addr) = picked.and_then(|b| b.addr.as_inet().copied()) else {
             let (code, why) = if ctx.tried.is_empty() {
@@ -101,8 +136,7 @@ impl ProxyHttp for Proxy {
             return Err(Error::explain(ErrorType::HTTPStatus(code), why));
         };
         let upstream = routable
-            .upstreams
-            .get(&addr)
+            .usable(&addr)
             .cloned()
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "backend just left"))?;
         if !ctx.tried.is_empty() {
@@ -182,16 +216,24 @@ impl ProxyHttp for Proxy {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if ctx.upstream_status.is_none() {
-            self.record_failure(ctx, "reset", "errors before a response");
+        if matches!(e.esource(), ErrorSource::Downstream) {
+            // The client left or stalled: the backend did nothing wrong,
+            // and nobody is waiting for a replay.
+            ctx.failure = Some(Failure::Downstream);
+            e.set_retry(false);
+            return e;
         }
+        // A reset, timeout or broken answer, before or after the header.
+        ctx.failure = Some(Failure::Upstream);
+        self.record_failure(ctx, "reset", "resets or broken answers");
         let idempotent = session.req_header().method.is_idempotent();
         let replayable = idempotent && !session.as_ref().retry_buffer_truncated();
         let lb = &self.state.config.lb;
-        if !replayable || ctx.tried.len() > lb.retries {
-            // The request may have had effects: never replay it.
+        if !replayable || ctx.upstream_status.is_some() || ctx.tried.len() > lb.retries {
+            // The request may have had effects, or the client already has
+            // part of an answer: never replay it.
             e.set_retry(false);
-        } else if lb.retry_idempotent && ctx.upstream_status.is_none() {
+        } else if lb.retry_idempotent {
             e.set_retry(true);
         } else {
             // pingora's default: retry only a stale reused connection.
@@ -234,24 +276,35 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        match ctx.upstream_status {
-            Some(s) if s >= 500 => self.record_failure(ctx, "5xx", "5xx answers"),
-            Some(_) => {
+        super::bounded::request_done(session);
+        match (ctx.failure, ctx.upstream_status) {
+            // Counted where it happened (error_while_proxy).
+            (Some(_), _) => {}
+            (None, Some(s)) if s >= 500 => self.record_failure(ctx, "5xx", "5xx answers"),
+            (None, Some(_)) => {
                 if let Some(u) = &ctx.upstream {
                     u.0.failures.store(0, Ordering::Relaxed);
                 }
             }
-            None => {}
+            (None, None) => {}
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let class = code_class(status);
+        let class = match (ctx.failure, ctx.upstream_status) {
+            // The client got a header, then a broken body: not a success.
+            (Some(Failure::Upstream), Some(_)) => CodeClass::Error,
+            (Some(Failure::Downstream), _) => CodeClass::Aborted,
+            _ => CodeClass::of(status),
+        };
         let m = &self.state.metrics;
         match &ctx.upstream {
-            Some(u) => u.0.requests.inc(&m.requests, &u.0.label, status),
-            None => m.requests.with_label_values(&["none", class]).inc(),
+            Some(u) => u.0.requests.inc(&m.requests, &u.0.label, class),
+            None => m
+                .requests
+                .with_label_values(&["none", class.as_str()])
+                .inc(),
         }
         m.duration
-            .with_label_values(&[class])
+            .with_label_values(&[class.as_str()])
             .observe(ctx.started.elapsed().as_secs_f64());
     }
 }
@@ -282,6 +335,25 @@ impl Proxy {
                 .inc();
             tracing::warn!(id = %u.id, address = %u.addr, %reason, seconds = length.as_secs(), "backend ejected");
         }
+    }
+}
+
+/// Answer with a JSON `{"error": ...}` body and close the connection.
+async fn respond_json(session: &mut Session, code: u16, why: &str) {
+    let body = Bytes::from(format!("{{\"error\":{}}}", serde_json::Value::from(why)));
+    let Ok(mut resp) = pingora::http::ResponseHeader::build(code, Some(3)) else {
+        return;
+    };
+    let _ = resp.insert_header("content-type", "application/json");
+    let _ = resp.insert_header("content-length", body.len().to_string());
+    let _ = resp.insert_header("connection", "close");
+    session.set_keepalive(None);
+    if session
+        .write_response_header(Box::new(resp), false)
+        .await
+        .is_ok()
+    {
+        let _ = session.write_response_body(Some(body), true).await;
     }
 }
 

@@ -186,19 +186,12 @@ impl BackendIter for LeastLoadedIter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicU64;
 
     fn upstream(addr: &str, in_flight: u64) -> Arc<Upstream> {
-        let addr = addr.parse().unwrap();
-        Arc::new(Upstream {
-            id: "x".into(),
-            addr,
-            label: String::new(),
-            in_flight: AtomicU64::new(in_flight),
-            reported_load: AtomicU64::new(0),
-            failures: Default::default(),
-            requests: Default::default(),
-        })
+        let u = Upstream::new("x", addr.parse().unwrap());
+        u.in_flight
+            .store(in_flight, std::sync::atomic::Ordering::Relaxed);
+        Arc::new(u)
     }
 
     #[test]

@@ -1,0 +1,159 @@
+//! The proxy port under `lb.proxy_limits`: pingora's HTTP app wrapped so
+//! every accepted stream takes a slot in the proxy's [`ConnTable`] and runs
+//! under [`Tracked`].
+//!
+//! pingora bounds each *read* (60 s), not the whole head, so one header
+//! byte a second holds a connection forever, and it caps nothing. The
+//! wrapper adds the whole-head deadline, the idle timeout and the
+//! connection cap; the proxy marks each request's start and end
+//! ([`head_done`], [`request_done`]) and sets pingora's own body read and
+//! write timeouts per request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::SocketDigest;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::{
+    ALPN, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType,
+};
+use pingora::proxy::Session;
+use pingora::server::ShutdownWatch;
+use tokio::io::AsyncWriteExt;
+
+use crate::limits::{ConnState, ConnTable, Tracked};
+
+/// pingora's app `A` with the listener's bounds in front.
+pub struct Bounded<A> {
+    pub inner: Arc<A>,
+    pub table: Arc<ConnTable>,
+}
+
+/// Answer to a newcomer when every slot is serving a request.
+const FULL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\n\
+content-type: application/json\r\ncontent-length: 37\r\n\r\n{\"error\":\"too many open connections\"}";
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Bounded<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut session: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let Some(slot) = self.table.admit() else {
+            let _ = tokio::time::timeout(Duration::from_millis(100), session.write_all(FULL)).await;
+            return None;
+        };
+        let tracked: Stream = Box::new(Tracked::new(session, slot, true));
+        // pingora loops over keep-alive requests inside `process_new`, so
+        // the slot lives as long as the connection.
+        self.inner.process_new(tracked, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+fn conn(session: &Session) -> Option<&Arc<ConnState>> {
+    session
+        .stream()?
+        .as_any()
+        .downcast_ref::<Tracked<Stream>>()
+        .map(Tracked::state)
+}
+
+/// The request head is in: stop the head clock and bound the body and the
+/// answer's writes by `body_timeout`, and reuse by `idle_timeout`.
+pub fn head_done(session: &mut Session) {
+    let Some(state) = conn(session).cloned() else {
+        return;
+    };
+    state.begin_request();
+    let l = *state.limits();
+    session.set_read_timeout(Some(l.body_timeout));
+    session.set_write_timeout(Some(l.body_timeout));
+    // pingora's own keep-alive timer (whole seconds) must not cut sooner.
+    let idle = l.idle_timeout.as_secs_f64().ceil() as u64;
+    session.set_keepalive((idle > 0).then_some(idle));
+}
+
+/// The answer is done: the idle clock runs until the next request.
+pub fn request_done(session: &Session) {
+    if let Some(state) = conn(session) {
+        state.end_request();
+    }
+}
+
+// pingora's stream traits, delegated to the stream inside.
+
+#[async_trait]
+impl Shutdown for Tracked<Stream> {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(&mut **self.inner_mut()).await
+    }
+}
+
+impl UniqueID for Tracked<Stream> {
+    fn id(&self) -> UniqueIDType {
+        self.inner().id()
+    }
+}
+
+impl Ssl for Tracked<Stream> {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner().get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner().get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner().selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Tracked<Stream> {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner().get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner().get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner().get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Tracked<Stream> {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner().get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner_mut().set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for Tracked<Stream> {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner().get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner_mut().set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for Tracked<Stream> {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        Peek::try_peek(&mut **self.inner_mut(), buf).await
+    }
+}
