@@ -145,7 +145,8 @@ def command():
     knobs = []
     defaults = {"BENCH_DURATION": "10", "BENCH_ROUNDS": "3", "BENCH_CONNECTIONS": "64",
                 "BENCH_THREADS": "1", "BENCH_BACKENDS": "10000", "BENCH_CPU_SECONDS": "30",
-                "BENCH_AGENT_SECONDS": "60", "BENCH_PARTS": "1 2 3 4"}
+                "BENCH_AGENT_SECONDS": "60", "BENCH_ABUSE_SECONDS": "30", "BENCH_ABUSE_IDLE": "2000",
+                "BENCH_ABUSE_SLOW": "300", "BENCH_PARTS": "1 2 3 4 5"}
     for k, d in defaults.items():
         v = os.environ.get(k)
         if v is not None and v != d:
@@ -346,6 +347,85 @@ if status:
         add(f"Not measured: {status}.")
         targets.append(("agent idle RSS", "≤ 10 MB", status, None))
     add("")
+
+# ---------------------------------------------------------------- part 5
+P5 = (("proxy", "LB proxy (`--listen`)"), ("control", "LB control API (`--control-listen`)"),
+      ("vitals", "agent vitals (`--metrics-port`)"), ("injector", "injector (`roster inject`, HTTPS)"))
+if any(F.get(f"p5.{name}.status") for name, _ in P5):
+    secs = F.get("p5.seconds", "30")
+    add("## 5. Hostile clients: idle and slowloris connections per listener")
+    add("")
+    add(f"Each listener in turn, for {secs} s, at once: {f(num('p5.idle'))} idle connections (connect, send "
+        f"nothing), {f(num('p5.slow'))} slowloris connections (`GET / HTTP/1.1`, `Host: x`, then one byte of a "
+        "never-ending header every second) and a normal client opening a fresh connection every 100 ms "
+        "(`GET /healthz`; on the proxy `GET /` to one registered farm app; 5 s timeout per request). "
+        "The bad connections come from other loopback addresses (127.0.0.2 and up) and are re-opened when the server closes them, so the "
+        "pressure is constant; a lifetime is TCP connect → server close. On the injector slowloris runs inside "
+        "TLS, the idle connections are plain TCP that never start the handshake. "
+        f"Each server is a fresh process with its default limits (`roster lb --threads {threads}`, "
+        f"`{F.get('p5.agent', 'roster-agent')}`, `roster inject` with a generated certificate), pinned like the "
+        "proxies; the clients (`bench/abuse.py`) run on the load cores and sample the server's open fds and "
+        "VmRSS every second.")
+    add("")
+    add("| listener | normal requests | failures | p50 ms | worst ms | idle conn lifetime median / max s "
+        "| slowloris lifetime median / max s | open the whole window | refused / reset | max fds (limit) "
+        "| max RSS MB |")
+    add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+
+    def lifetimes(k):
+        if not k.get("closed_by_server"):
+            return "none closed"
+        return (f"{f(k.get('lifetime_median_s'), 1)} / {f(k.get('lifetime_max_s'), 1)} "
+                f"({f(k.get('closed_by_server'))} closed)")
+
+    notes5 = []
+    for name, label in P5:
+        status = F.get(f"p5.{name}.status")
+        r = load_json(f"p5-{name}.json") if status else None
+        if not status:
+            continue
+        if not r or "poll" not in r:
+            why = status if status != "ran" else "no result" + (f" ({r['error']})" if r and r.get("error") else "")
+            add(f"| {label} | {why} | | | | | | | | | |")
+            continue
+        poll, bad, srv = r["poll"], r["bad"], r["server"]
+        limit = srv.get("nofile_soft")
+        add(f"| {label} | {f(poll.get('requests'))} | {f(poll.get('failures'))} | {f(poll.get('p50_ms'), 1)} | "
+            f"{f(poll.get('max_ms'), 1)} | {lifetimes(r['idle'])} | {lifetimes(r['slowloris'])} | "
+            f"{f(bad.get('never_closed'))} of {f(bad.get('slots'))} | {f(bad.get('refused_or_reset'))} | "
+            f"{f(srv.get('fds_max'))} ({f(limit) if isinstance(limit, int) else limit or 'n/a'}) | "
+            f"{f(srv.get('rss_max_kb') and srv['rss_max_kb'] / 1024, 1)} |")
+        if poll.get("failure_kinds"):
+            kinds = ", ".join(f"{v} {k}" for k, v in sorted(poll["failure_kinds"].items(), key=lambda kv: -kv[1]))
+            notes5.append(f"{label}: normal client failures: {kinds}.")
+        if status != "ran":
+            notes5.append(f"{label}: {status}.")
+        elif srv.get("alive_at_end") is False:
+            notes5.append(f"{label}: **the server exited during the window**.")
+        timeouts = bad.get("connect_timeouts") or 0
+        local = (r["idle"].get("local_errors") or 0) + (r["slowloris"].get("local_errors") or 0)
+        if timeouts or local:
+            notes5.append(f"{label}: {f(timeouts)} bad connects timed out (5 s)"
+                          + (f", {f(local)} failed on the client's side (fds/ports)" if local else "") + ".")
+        lag = poll.get("loop_lag_max_ms")
+        if lag and lag >= 50:
+            notes5.append(f"{label}: the normal client's own event loop ran up to {f(lag)} ms late (a busy load "
+                          "core); its latencies include that.")
+        if poll.get("error"):
+            notes5.append(f"{label}: {poll['error']}.")
+        if r.get("connect_budget_exhausted"):
+            notes5.append(f"{label}: the client's connect budget ran out before the window ended.")
+    add("")
+    add(f"\"open the whole window\": bad connections the server never closed: they held their slot for all "
+        f"{secs} s. Lifetimes are over the connections "
+        "the server closed. \"refused / reset\": bad connects refused or reset before they were usable. "
+        "Every number, the failure kinds and the per-second fd/RSS samples are in `p5-NAME.json` "
+        "(`BENCH_KEEP=1`).")
+    add("")
+    for n5 in notes5:
+        add(f"- {n5}")
+    if notes5:
+        add("")
 
 # ---------------------------------------------------------------- targets
 add("## Targets")

@@ -8,6 +8,9 @@
 #      registration time, time until all routable, detection of 100 not-ready
 #   2. selection vs pool size: traffic through that LB vs one with 10 backends
 #   4. agent footprint: idle RSS and CPU of one `roster agent`
+#   5. hostile clients, per listener (LB proxy, LB control API, agent vitals,
+#      injector): idle + slowloris connections and a normal poller at once,
+#      the server with its default limits
 #
 # Loopback only; every process it starts is stopped by PID on exit; every
 # load loop is bounded in count and time. Knobs (environment):
@@ -15,7 +18,9 @@
 #   BENCH_THREADS=1 (proxy threads/workers)  BENCH_BACKENDS=10000
 #   BENCH_CPU_SECONDS=30  BENCH_AGENT_SECONDS=60  BENCH_PORT_BASE=27000
 #   BENCH_OUT=BENCHMARKS.md  BENCH_KEEP=1 (keep the work dir with all logs)
-#   BENCH_SKIP_BUILD=1  BENCH_PARTS="1 2 3 4"
+#   BENCH_ABUSE_SECONDS=30 (part 5 window per listener)  BENCH_ABUSE_IDLE=2000
+#   BENCH_ABUSE_SLOW=300 (part 5 idle / slowloris connections)
+#   BENCH_SKIP_BUILD=1  BENCH_PARTS="1 2 3 4 5"
 #   BENCH_PROFILE=debug (only to develop this script: numbers are meaningless)
 #   BENCH_ROSTER=/path/to/roster (A/B a candidate build against the peers)
 #   BENCH_LB_FLAGS="--keepalive-pool-size 4096" (extra flags for every roster LB)
@@ -32,7 +37,10 @@ CPU_SECONDS=${BENCH_CPU_SECONDS:-30}
 AGENT_SECONDS=${BENCH_AGENT_SECONDS:-60}
 BASE=${BENCH_PORT_BASE:-27000}
 OUT=${BENCH_OUT:-BENCHMARKS.md}
-PARTS=${BENCH_PARTS:-1 2 3 4}
+ABUSE_SECONDS=${BENCH_ABUSE_SECONDS:-30}
+ABUSE_IDLE=${BENCH_ABUSE_IDLE:-2000}
+ABUSE_SLOW=${BENCH_ABUSE_SLOW:-300}
+PARTS=${BENCH_PARTS:-1 2 3 4 5}
 
 # Configuration comes from the flags below only.
 for v in $(env | grep -o '^ROSTER_[A-Z_]*' || true); do unset "$v"; done
@@ -63,14 +71,16 @@ for b in "$ROSTER" "$FARM"; do [ -x "$b" ] || { echo "missing $b" >&2; exit 1; }
 W=$(mktemp -d /tmp/roster-bench.XXXXXX)
 chmod 755 "$W"
 # Ports (all on loopback): farm 1-4 (part 1 apps), 90 vitals, 99 control,
-# 100 (generated apps on 0.0.0.0); LBs from 200 up.
+# 100 (generated apps on 0.0.0.0); LBs from 200 up; part 5 from 600 up.
 P_APP=$((BASE + 1)); P_VITALS=$((BASE + 90)); P_FARMCTL=$((BASE + 99)); P_GEN=$((BASE + 100))
 P_ROSTER=$((BASE + 200)); P_NGINX=$((BASE + 210)); P_HAPROXY=$((BASE + 220))
 P_R10=$((BASE + 300)); P_R3=$((BASE + 400)); P_R4=$((BASE + 500))
 P_AGENT=$((BASE + 590))
+P_R5=$((BASE + 600)); P_R5C=$((BASE + 610)); P_V5=$((BASE + 620)); P_INJ=$((BASE + 630))
 for p in $P_APP $((P_APP + 1)) $((P_APP + 2)) $((P_APP + 3)) $P_VITALS $P_FARMCTL $P_GEN \
   $P_ROSTER $((P_ROSTER + 1)) $P_NGINX $P_HAPROXY $P_R10 $((P_R10 + 1)) \
-  $P_R3 $((P_R3 + 1)) $P_R4 $((P_R4 + 1)) $P_AGENT; do
+  $P_R3 $((P_R3 + 1)) $P_R4 $((P_R4 + 1)) $P_AGENT $((P_AGENT + 1)) \
+  $P_R5 $((P_R5 + 1)) $P_R5C $((P_R5C + 1)) $P_V5 $P_INJ; do
   if [ -n "$(ss -Hltn "sport = :$p" 2>/dev/null)" ]; then
     echo "port $p is in use; set BENCH_PORT_BASE" >&2
     exit 1
@@ -119,12 +129,20 @@ stop() {
   for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
   kill -KILL "$pid" 2>/dev/null || true
 }
-wait_port() {
-  local port=$1 name=$2 i
+# listening PORT [PID]: true once 127.0.0.1:PORT accepts (waits up to 15s,
+# or until PID has exited).
+listening() {
+  local i
   for i in $(seq 150); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    [ -z "${2:-}" ] || kill -0 "$2" 2>/dev/null || return 1
     sleep 0.1
   done
+  return 1
+}
+wait_port() {
+  local port=$1 name=$2
+  listening "$port" && return 0
   echo "$name did not listen on $port; its log:" >&2
   tail -20 "$W/$name.log" >&2 || true
   exit 1
@@ -341,6 +359,91 @@ if want 4; then
   else
     fact p4.status "skipped: no roster-agent beside $ROSTER"
     log "part 4: skipped (no $AGENT_BIN)"
+  fi
+fi
+
+# ---------------------------------------------------------------- part 5
+# Each listener in turn, with its default limits (only what routing needs:
+# loopback allowed, a 1h lease for the one backend): for BENCH_ABUSE_SECONDS,
+# idle and slowloris connections (re-opened when the server closes them)
+# and a normal client polling a cheap route every 100 ms, all from
+# bench/abuse.py on the load cores; it samples the server's fds and RSS.
+# A fresh process per listener, so one window's leftovers do not count in
+# the next. Results: $W/p5-NAME.json, one line each.
+if want 5; then
+  log "part 5: hostile clients, ${ABUSE_IDLE} idle + ${ABUSE_SLOW} slowloris for ${ABUSE_SECONDS}s per listener"
+  fact p5.seconds "$ABUSE_SECONDS"
+  fact p5.idle "$ABUSE_IDLE"
+  fact p5.slow "$ABUSE_SLOW"
+  # abuse NAME PORT PID ABUSE-FLAGS...: one bounded window against 127.0.0.1:PORT.
+  abuse() {
+    local name=$1 port=$2 pid=$3
+    shift 3
+    fact "p5.$name.status" ran
+    timeout $((ABUSE_SECONDS + 20)) taskset -c "$LOAD_CPUS" python3 bench/abuse.py \
+      --target "127.0.0.1:$port" --idle "$ABUSE_IDLE" --slow "$ABUSE_SLOW" --seconds "$ABUSE_SECONDS" \
+      --pid "$pid" --out "$W/p5-$name.json" "$@" 2>"$W/p5-$name.log" ||
+      fact "p5.$name.status" "abuse.py failed: $(tail -1 "$W/p5-$name.log" | tr '\t' ' ')"
+    log "  $name: $(tail -1 "$W/p5-$name.log")"
+    kill -0 "$pid" 2>/dev/null || fact "p5.$name.status" "the server exited during the window"
+  }
+  # skip5 NAME WHY: a listener that could not be measured.
+  skip5() { fact "p5.$1.status" "not measured: $2"; log "  $1: not measured: $2"; }
+  lb5() { # NAME PORT: an LB on PORT (proxy) and PORT+1 (control), default limits
+    start "$1" "$PROXY_CPUS" "$ROSTER" lb --listen "127.0.0.1:$2" --control-listen "127.0.0.1:$(($2 + 1))" \
+      --threads "$THREADS" --allowed-networks 127.0.0.0/8 --lease-ttl 1h ${BENCH_LB_FLAGS:-}
+  }
+
+  # The proxy port, routing to one farm app.
+  lb5 r5 "$P_R5"
+  R5_PID=$LAST_PID
+  if listening "$((P_R5 + 1))" "$R5_PID" && listening "$P_R5" "$R5_PID" &&
+    farm register --lb "127.0.0.1:$((P_R5 + 1))" --metrics-port "$P_VITALS" \
+      --address "127.0.0.1:$P_APP" >"$W/p5-register.json" 2>>"$W/clients.log" &&
+    farm wait-routable --lb "127.0.0.1:$((P_R5 + 1))" --count 1 --timeout 30s >/dev/null 2>>"$W/clients.log"; then
+    abuse proxy "$P_R5" "$R5_PID" --poll-path /
+  else
+    skip5 proxy "the LB did not start or the backend did not become routable (r5.log)"
+  fi
+  stop "$R5_PID" INT
+
+  # The control API of a fresh LB; the agent below announces to it.
+  lb5 r5c "$P_R5C"
+  R5C_PID=$LAST_PID
+  if listening "$((P_R5C + 1))" "$R5C_PID"; then
+    abuse control "$((P_R5C + 1))" "$R5C_PID" --poll-path /healthz
+  else
+    skip5 control "the LB did not start (r5c.log)"
+  fi
+
+  # An agent's vitals port: the sidecar binary if it is there.
+  agent5=("$AGENT_BIN"); fact p5.agent "roster-agent"
+  [ -x "$AGENT_BIN" ] || { agent5=("$ROSTER" agent); fact p5.agent "roster agent"; }
+  # --drain-period only shortens the exit after the window.
+  start agent5 "$PROXY_CPUS" "${agent5[@]}" --discovery-lb "127.0.0.1:$((P_R5C + 1))" \
+    --metrics-port "$P_V5" --metrics-listen 127.0.0.1 --id bench-abuse-agent \
+    --address "127.0.0.1:$P_APP" --drain-period 1s
+  A5_PID=$LAST_PID
+  if listening "$P_V5" "$A5_PID"; then
+    abuse vitals "$P_V5" "$A5_PID" --poll-path /healthz
+  else
+    skip5 vitals "the agent did not start (agent5.log)"
+  fi
+  stop "$A5_PID"; stop "$R5C_PID" INT
+
+  # The injector (HTTPS) with a certificate it generates itself.
+  if "$ROSTER" inject --generate-cert "$W/p5-tls" --dns-name localhost >"$W/p5-cert.log" 2>&1; then
+    start inject5 "$PROXY_CPUS" "$ROSTER" inject --listen "127.0.0.1:$P_INJ" \
+      --tls-cert "$W/p5-tls/tls.crt" --tls-key "$W/p5-tls/tls.key"
+    I5_PID=$LAST_PID
+    if listening "$P_INJ" "$I5_PID"; then
+      abuse injector "$P_INJ" "$I5_PID" --tls --poll-path /healthz
+    else
+      skip5 injector "roster inject did not start (inject5.log)"
+    fi
+    stop "$I5_PID"
+  else
+    skip5 injector "roster inject --generate-cert failed (p5-cert.log)"
   fi
 fi
 

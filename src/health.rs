@@ -164,11 +164,11 @@ pub struct HealthLoop {
     registry: Arc<Registry>,
     checker: Checker,
     interval: Duration,
-    /// New entries and those whose last check passed.
-    permits: Arc<Semaphore>,
-    /// Entries that keep failing: their own, smaller lane, so timeouts of
-    /// dead backends never delay the checks of new or live ones.
-    failing_permits: Arc<Semaphore>,
+    /// Check lanes, each with its own permits, so checks that time out
+    /// (dead backends) never delay those of new or live ones: first
+    /// checks, entries in the pool (or answering), and entries out of the
+    /// pool after failures (a quarter of the permits).
+    lanes: [Arc<Semaphore>; 3],
     metrics: Arc<LbMetrics>,
     queue: mpsc::UnboundedSender<Due>,
     /// Taken by [`HealthLoop::run`].
@@ -195,8 +195,11 @@ impl HealthLoop {
             registry,
             checker,
             interval,
-            permits: Arc::new(Semaphore::new(concurrency)),
-            failing_permits: Arc::new(Semaphore::new((concurrency / 4).max(1))),
+            lanes: [
+                Arc::new(Semaphore::new(concurrency)),
+                Arc::new(Semaphore::new(concurrency)),
+                Arc::new(Semaphore::new((concurrency / 4).max(1))),
+            ],
             metrics,
             queue,
             inbox: Mutex::new(Some(inbox)),
@@ -247,10 +250,12 @@ impl HealthLoop {
     /// interval (±5% jitter, so a fleet registered at once does not stay
     /// in step), or longer for an entry that keeps failing.
     async fn check_and_requeue(self: Arc<Self>, target: Target) {
-        let lane = if target.failing > 0 {
-            &self.failing_permits
-        } else {
-            &self.permits
+        // A backend still in the pool keeps its lane through a failure, so
+        // it leaves on time when it dies.
+        let lane = match (target.checked, target.failing) {
+            (false, _) => &self.lanes[0],
+            (true, 0) => &self.lanes[1],
+            (true, _) => &self.lanes[2],
         };
         let Ok(permit) = Arc::clone(lane).acquire_owned().await else {
             return;

@@ -290,9 +290,11 @@ pub struct Target {
     pub id: String,
     pub generation: u64,
     pub vitals_addr: SocketAddr,
-    /// Checks failed in a row while out of the pool (0 for a new, passing
-    /// or still-routable entry): picks the check lane and the backoff.
+    /// Checks failed in a row while out of the pool (0 for a new entry or
+    /// one still in it): the check lane and the backoff.
     pub failing: u32,
+    /// Checked at least once.
+    pub checked: bool,
 }
 
 struct Entry {
@@ -546,6 +548,7 @@ impl Registry {
             generation,
             vitals_addr: SocketAddr::new(v.addr.ip(), v.metrics_port),
             failing: 0,
+            checked: false,
         };
         let resp = self.response(&entry);
         let replaced = entries.insert(entry).is_some() || holder_removed;
@@ -643,6 +646,7 @@ impl Registry {
             generation,
             vitals_addr: SocketAddr::new(e.addr.ip(), e.metrics_port),
             failing: if out { e.fails } else { 0 },
+            checked: e.checked,
         })
     }
 

@@ -76,9 +76,12 @@ pub fn head_done(session: &mut Session) {
     let l = *state.limits();
     session.set_read_timeout(Some(l.body_timeout));
     session.set_write_timeout(Some(l.body_timeout));
-    // pingora's own keep-alive timer (whole seconds) must not cut sooner.
-    let idle = l.idle_timeout.as_secs_f64().ceil() as u64;
-    session.set_keepalive((idle > 0).then_some(idle));
+    // pingora's own keep-alive timer (whole seconds) must not cut sooner;
+    // a client that asked for no keep-alive (HTTP/1.0) keeps it off.
+    if session.get_keepalive().is_some() {
+        let idle = l.idle_timeout.as_secs_f64().ceil() as u64;
+        session.set_keepalive((idle > 0).then_some(idle));
+    }
 }
 
 /// The answer is done: the idle clock runs until the next request.

@@ -21,6 +21,38 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_roster");
 /// The sidecar binary: `roster-agent …` is `roster agent …`.
 pub const AGENT_BIN: &str = env!("CARGO_BIN_EXE_roster-agent");
 
+/// The binary tests run: `ROSTER_TEST_BIN` if set (to show a new test
+/// fails against an older build), else this build's `roster`.
+pub fn bin() -> String {
+    std::env::var("ROSTER_TEST_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
+/// Like [`bin`], for `roster-agent` (`ROSTER_TEST_AGENT_BIN`).
+pub fn agent_bin() -> String {
+    std::env::var("ROSTER_TEST_AGENT_BIN").unwrap_or_else(|_| AGENT_BIN.to_string())
+}
+
+/// Read from `s` until the peer closes it (EOF or reset) or `limit`
+/// passes: what was read and how long the connection lived, or None if it
+/// was still open at the limit.
+pub async fn until_closed(
+    s: &mut tokio::net::TcpStream,
+    limit: Duration,
+) -> Option<(Duration, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = limit.checked_sub(started.elapsed())?;
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some((started.elapsed(), got)),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
 /// A free port on `ip` (bound then released; tests use distinct IPs to
 /// keep the window for collisions tiny).
 pub fn free_addr(ip: &str) -> SocketAddr {
@@ -46,7 +78,7 @@ impl Proc {
         env: &[(&str, &str)],
         log: Option<&std::path::Path>,
     ) -> Self {
-        Self::spawn_bin(BIN, name, args, env, log)
+        Self::spawn_bin(&bin(), name, args, env, log)
     }
 
     /// Like `spawn_logged`, running `bin` instead of `roster`.
