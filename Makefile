@@ -46,7 +46,8 @@ run-lb: build
 	./target/debug/roster lb --allowed-networks 127.0.0.0/8 --listen 127.0.0.1:8000 --control-listen 127.0.0.1:8080
 
 ## roster vs nginx and HAProxy, the pool at 10,000 backends, the registry at
-## scale, the agent's footprint -> BENCHMARKS.md (loopback only, <= 10 min).
+## scale, the agent's footprint, hostile clients per listener -> BENCHMARKS.md
+## (loopback only, <= 15 min).
 bench:
 	bench/run.sh
 
