@@ -73,7 +73,7 @@ pub async fn serve<T: Clone + Send + Sync + 'static>(
         };
         let Some(slot) = l.table.admit() else {
             if l.tls.is_none() {
-                let _ = tcp.try_write(FULL);
+                let _ = tcp.try_write(crate::limits::FULL);
             }
             continue;
         };
@@ -128,10 +128,6 @@ pub async fn serve<T: Clone + Send + Sync + 'static>(
         );
     }
 }
-
-/// Answer to a newcomer when every slot is serving a request.
-const FULL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\n\
-content-type: application/json\r\ncontent-length: 37\r\n\r\n{\"error\":\"too many open connections\"}";
 
 /// One connection's view of the router: marks the request's start and end
 /// for the connection's bounds.

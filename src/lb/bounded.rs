@@ -32,10 +32,6 @@ pub struct Bounded<A> {
     pub table: Arc<ConnTable>,
 }
 
-/// Answer to a newcomer when every slot is serving a request.
-const FULL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\n\
-content-type: application/json\r\ncontent-length: 37\r\n\r\n{\"error\":\"too many open connections\"}";
-
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Bounded<A> {
     async fn process_new(
@@ -44,7 +40,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Bounded<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let Some(slot) = self.table.admit() else {
-            let _ = tokio::time::timeout(Duration::from_millis(100), session.write_all(FULL)).await;
+            let _ = tokio::time::timeout(
+                Duration::from_millis(100),
+                session.write_all(crate::limits::FULL),
+            )
+            .await;
             return None;
         };
         let tracked: Stream = Box::new(Tracked::new(session, slot, true));

@@ -60,6 +60,12 @@ pub fn free_addr(ip: &str) -> SocketAddr {
     l.local_addr().expect("local addr")
 }
 
+/// Port 0 on `ip`: bound directly by in-process servers, so no other
+/// test can take the port between choosing and binding it.
+pub fn any_port(ip: &str) -> SocketAddr {
+    SocketAddr::new(ip.parse().expect("an IP"), 0)
+}
+
 /// A child process killed on drop.
 pub struct Proc {
     pub child: Child,
@@ -434,8 +440,8 @@ impl Backend {
         };
         Self {
             id: id.to_string(),
-            app: Server::start(free_addr(ip), app).await,
-            vitals: Server::start(free_addr(ip), vitals).await,
+            app: Server::start(any_port(ip), app).await,
+            vitals: Server::start(any_port(ip), vitals).await,
             ready,
             vitals_status,
             vitals_id,
