@@ -262,6 +262,14 @@ pub fn generate_cert(args: &InjectArgs, dir: &std::path::Path) -> Result<Vec<Str
 /// Run the webhook until SIGTERM or SIGINT.
 pub async fn run(args: InjectArgs) -> Result<(), Error> {
     let cfg = Arc::new(args.inject_config()?);
+    // Bad limits fail before anything binds or talks to the API server.
+    let mut given = crate::limits::WebhookLimits::default();
+    args.limits.apply(&mut given);
+    let mut limits = given.get();
+    crate::limits::validate("webhook limits", &limits)?;
+    let fd_limit = crate::limits::raise_fd_limit();
+    limits.max_connections =
+        crate::limits::budget("webhook", limits.max_connections, fd_limit, 0.5);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| Error::Bind {
@@ -313,14 +321,6 @@ pub async fn run(args: InjectArgs) -> Result<(), Error> {
         lb = %cfg.load_balancers,
         "roster inject serving"
     );
-    let mut limits = crate::limits::WebhookLimits::default();
-    args.limits.apply(&mut limits);
-    let limits = limits.get();
-    crate::limits::validate("webhook limits", &limits)?;
-    let fd_limit = crate::limits::raise_fd_limit();
-    let mut limits = limits;
-    limits.max_connections =
-        crate::limits::budget("webhook", limits.max_connections, fd_limit, 0.5);
     crate::serve::serve(
         crate::serve::Listener {
             listener,
