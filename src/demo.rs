@@ -44,7 +44,7 @@ impl DemoBackendArgs {
                 c.agent.address = Some(self.listen.to_string());
             }
         }
-        if self.agent.metrics_listen.is_none()
+        if !self.agent.overlay.given("agent.metrics_listen")
             && c.agent.metrics_listen == crate::config::AgentConfig::default().metrics_listen
             && !ip.is_unspecified()
         {

@@ -22,7 +22,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::time::DelayQueue;
 
 use crate::protocol::{BackendState, Vitals};
-use crate::registry::{CheckResult, Registry, Target};
+use crate::registry::{Change, CheckResult, CheckSpec, Registry, Target};
 use crate::telemetry::LbMetrics;
 
 /// Largest vitals body read; the seed's document is ~300 bytes.
@@ -41,19 +41,17 @@ pub struct Checker {
     pooled: reqwest::Client,
     /// One connection per check (large registries).
     fresh: reqwest::Client,
-    path: String,
-    timeout: Duration,
 }
 
 impl Checker {
     /// `interval` sizes the idle timeout of pooled connections: one unused
     /// for two intervals (its backend left, or the registry outgrew pooling)
-    /// is closed instead of holding ~20 KB for 90 s.
-    pub fn new(path: &str, timeout: Duration, interval: Duration) -> Result<Self, crate::Error> {
+    /// is closed instead of holding ~20 KB for 90 s. `timeout` bounds the
+    /// connect; each check brings its service's own timeout.
+    pub fn new(timeout: Duration, interval: Duration) -> Result<Self, crate::Error> {
         let idle = interval * 2 + timeout;
         let client = |idle_per_host: usize| {
             reqwest::Client::builder()
-                .timeout(timeout)
                 // A blackholed address (a zone outage drops SYNs) fails in
                 // half the time a slow answer gets.
                 .connect_timeout((timeout / 2).max(Duration::from_millis(100)))
@@ -67,22 +65,22 @@ impl Checker {
         Ok(Self {
             pooled: client(1)?,
             fresh: client(0)?,
-            path: path.to_string(),
-            timeout,
         })
     }
 
-    /// One check. `expected_id` must match the vitals' `id` when present;
-    /// `pooled` picks connection reuse.
+    /// One check by `spec` (path, timeout). `expected_id` must match the
+    /// vitals' `id` when present; `pooled` picks connection reuse.
     pub async fn check(
         &self,
         vitals_addr: SocketAddr,
         expected_id: &str,
         pooled: bool,
+        spec: &CheckSpec,
     ) -> CheckResult {
         let client = if pooled { &self.pooled } else { &self.fresh };
-        match tokio::time::timeout(self.timeout, self.fetch(client, vitals_addr)).await {
-            Err(_) => CheckResult::Failed(format!("timeout after {:?}", self.timeout)),
+        let fetch = self.fetch(client, vitals_addr, &spec.path);
+        match tokio::time::timeout(spec.timeout, fetch).await {
+            Err(_) => CheckResult::Failed(format!("timeout after {:?}", spec.timeout)),
             Ok(Err(e)) => CheckResult::Failed(e),
             Ok(Ok(v)) => judge(v, expected_id),
         }
@@ -92,8 +90,9 @@ impl Checker {
         &self,
         client: &reqwest::Client,
         vitals_addr: SocketAddr,
+        path: &str,
     ) -> Result<Vitals, String> {
-        let url = format!("http://{vitals_addr}{}", self.path);
+        let url = format!("http://{vitals_addr}{path}");
         let mut resp = client.get(&url).send().await.map_err(|e| {
             // reqwest's Display hides the cause ("error sending request").
             let mut msg = e.to_string();
@@ -142,18 +141,6 @@ pub fn judge(v: Vitals, expected_id: &str) -> CheckResult {
     }
 }
 
-impl CheckResult {
-    /// Label for `roster_lb_health_checks_total{result}`.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Self::Ready(_) => "ready",
-            Self::NotReady(_) => "not_ready",
-            Self::Failed(_) => "failed",
-            Self::Stranger(_) => "id_mismatch",
-        }
-    }
-}
-
 /// Schedules and runs every entry's checks.
 ///
 /// One timer queue holds every entry's next deadline, so an idle entry costs
@@ -163,7 +150,6 @@ impl CheckResult {
 pub struct HealthLoop {
     registry: Arc<Registry>,
     checker: Checker,
-    interval: Duration,
     /// Check lanes, each with its own permits, so checks that time out
     /// (dead backends) never delay those of new or live ones: first
     /// checks, entries in the pool (or answering), and entries out of the
@@ -171,30 +157,38 @@ pub struct HealthLoop {
     lanes: [Arc<Semaphore>; 3],
     metrics: Arc<LbMetrics>,
     queue: mpsc::UnboundedSender<Due>,
-    /// Taken by [`HealthLoop::run`].
-    inbox: Mutex<Option<mpsc::UnboundedReceiver<Due>>>,
+    /// Taken by [`HealthLoop::run`]: requeued entries, and the registry's
+    /// changes (new and replaced entries are checked at once).
+    inbox: Mutex<Option<Inbox>>,
+}
+
+struct Inbox {
+    due: mpsc::UnboundedReceiver<Due>,
+    changes: mpsc::UnboundedReceiver<Change>,
 }
 
 /// An entry whose next check should be queued after `after`.
 struct Due {
+    service: Arc<str>,
     id: String,
     generation: u64,
     after: Duration,
 }
 
 impl HealthLoop {
+    /// Subscribes to the registry at once: entries registered before
+    /// [`HealthLoop::run`] starts wait in the inbox.
     pub fn new(
         registry: Arc<Registry>,
         checker: Checker,
-        interval: Duration,
         concurrency: usize,
         metrics: Arc<LbMetrics>,
     ) -> Self {
-        let (queue, inbox) = mpsc::unbounded_channel();
+        let (queue, due) = mpsc::unbounded_channel();
+        let changes = registry.subscribe();
         Self {
             registry,
             checker,
-            interval,
             lanes: [
                 Arc::new(Semaphore::new(concurrency)),
                 Arc::new(Semaphore::new(concurrency)),
@@ -202,19 +196,8 @@ impl HealthLoop {
             ],
             metrics,
             queue,
-            inbox: Mutex::new(Some(inbox)),
+            inbox: Mutex::new(Some(Inbox { due, changes })),
         }
-    }
-
-    /// Check a new (or replaced) entry at once, then every interval until it
-    /// leaves the registry. Works before [`HealthLoop::run`] starts: the
-    /// entry waits in the inbox.
-    pub fn schedule(&self, target: Target) {
-        let _ = self.queue.send(Due {
-            id: target.id,
-            generation: target.generation,
-            after: Duration::ZERO,
-        });
     }
 
     /// The scheduler: fires due entries, runs their checks under the
@@ -225,17 +208,26 @@ impl HealthLoop {
         let Some(mut inbox) = self.inbox.lock().take() else {
             return;
         };
-        let mut timers: DelayQueue<(String, u64)> = DelayQueue::new();
+        let mut timers: DelayQueue<(Arc<str>, String, u64)> = DelayQueue::new();
         loop {
             tokio::select! {
-                due = inbox.recv() => {
+                due = inbox.due.recv() => {
                     let Some(due) = due else { return };
-                    timers.insert((due.id, due.generation), due.after);
+                    timers.insert((due.service, due.id, due.generation), due.after);
                 }
+                change = inbox.changes.recv() => match change {
+                    // Check a new (or replaced) entry at once, then every
+                    // interval until it leaves the registry.
+                    Some(Change::Added(t)) => {
+                        timers.insert((t.service, t.id, t.generation), Duration::ZERO);
+                    }
+                    Some(Change::Removed(_)) => {}
+                    None => return,
+                },
                 Some(fired) = timers.next(), if !timers.is_empty() => {
-                    let (id, generation) = fired.into_inner();
+                    let (service, id, generation) = fired.into_inner();
                     // Gone or replaced since: its successor has its own slot.
-                    let Some(target) = self.registry.target(&id, generation) else {
+                    let Some(target) = self.registry.target(&service, &id, generation) else {
                         continue;
                     };
                     // The scheduler never waits for a permit: a full lane
@@ -264,13 +256,14 @@ impl HealthLoop {
         drop(permit);
         let failing = self
             .registry
-            .target(&target.id, target.generation)
+            .target(&target.service, &target.id, target.generation)
             .map_or(0, |t| t.failing);
         let jitter = rand::rng().random_range(0.95..1.05);
         let _ = self.queue.send(Due {
+            after: backoff(target.check.interval, failing).mul_f64(jitter),
+            service: target.service,
             id: target.id,
             generation: target.generation,
-            after: backoff(self.interval, failing).mul_f64(jitter),
         });
     }
 
@@ -279,18 +272,14 @@ impl HealthLoop {
             let _timer = self.metrics.check_duration.start_timer();
             let pooled = self.registry.len() <= POOLED_CHECKS_UP_TO;
             self.checker
-                .check(target.vitals_addr, &target.id, pooled)
+                .check(target.vitals_addr, &target.id, pooled, &target.check)
                 .await
         };
         self.metrics
             .health_checks
             .with_label_values(&[result.metric_label()])
             .inc();
-        let err = match &result {
-            CheckResult::Failed(e) | CheckResult::Stranger(e) => Some(e.clone()),
-            CheckResult::NotReady(_) => Some("vitals say ready=false".into()),
-            CheckResult::Ready(_) => None,
-        };
+        let err = result.error();
         if let Some((from, to)) = self.registry.apply_check(target, result) {
             log_flip(&target.id, from, to, err.as_deref());
         }
@@ -375,7 +364,7 @@ mod scheduler_tests {
 
     use super::*;
     use crate::protocol::Registration;
-    use crate::registry::{Policy, Thresholds};
+    use crate::registry::{CheckSpec, Policy, RuleBook, ServiceRules, Thresholds};
 
     /// A vitals server on 127.0.0.x counting the checks it answers.
     async fn vitals_server(ip: &str) -> (SocketAddr, Arc<AtomicUsize>) {
@@ -395,25 +384,34 @@ mod scheduler_tests {
     }
 
     fn health(interval: Duration) -> Arc<HealthLoop> {
+        let timeout = Duration::from_secs(1);
+        let rules = RuleBook {
+            default: Arc::new(ServiceRules {
+                panic_percent: 0.0,
+                check: Arc::new(CheckSpec {
+                    path: "/metrics".into(),
+                    interval,
+                    timeout,
+                }),
+            }),
+            by_name: Default::default(),
+        };
         let registry = Arc::new(Registry::new(
             Policy {
                 allowed_networks: vec!["127.0.0.0/8".parse().unwrap()],
                 max_backends: 10,
                 lease_ttl: Duration::from_secs(90),
+                default_service: "default".into(),
             },
             Thresholds {
                 unhealthy: 1,
                 healthy: 1,
-                panic_percent: 0.0,
             },
-            Duration::ZERO,
-            Duration::ZERO,
+            rules,
         ));
-        let timeout = Duration::from_secs(1);
         Arc::new(HealthLoop::new(
             registry,
-            Checker::new("/metrics", timeout, interval).unwrap(),
-            interval,
+            Checker::new(timeout, interval).unwrap(),
             4,
             Arc::new(LbMetrics::new()),
         ))
@@ -425,10 +423,16 @@ mod scheduler_tests {
             address: format!("{}:1", vitals.ip()),
             metrics_port: vitals.port(),
             weight: 1,
+            service: None,
         };
         let valid = h.registry.policy().validate(&reg).unwrap();
-        let (_, _, target) = h.registry.register(valid, Instant::now()).unwrap();
-        h.schedule(target.expect("a new entry gets checks"));
+        // The registry announces the new entry; the loop checks it.
+        h.registry.register(valid, Instant::now()).unwrap();
+    }
+
+    fn routable(h: &HealthLoop) -> usize {
+        let slot = h.registry.publish(&Arc::from("default")).unwrap();
+        slot.routable().addresses.len()
     }
 
     use std::time::Instant;
@@ -460,14 +464,17 @@ mod scheduler_tests {
         register(&h, "b", b);
         until(&hits_a, 1).await;
         until(&hits_b, 1).await;
-        assert_eq!(h.registry.publish().addresses.len(), 2, "both healthy");
+        assert_eq!(routable(&h), 2, "both healthy");
 
         let before = hits_a.load(Ordering::SeqCst);
         tokio::time::sleep(WINDOW).await;
         let n = hits_a.load(Ordering::SeqCst) - before;
         assert!((3..=7).contains(&n), "{n} checks in 1.5 s at 300 ms");
 
-        assert!(h.registry.deregister("a"));
+        assert_eq!(
+            h.registry.deregister("default", "a", Instant::now()),
+            crate::registry::Removal::Removed
+        );
         let gone = hits_a.load(Ordering::SeqCst);
         let b_before = hits_b.load(Ordering::SeqCst);
         tokio::time::sleep(WINDOW).await;
@@ -526,21 +533,26 @@ mod checker_tests {
         tokio::spawn(async move { axum::serve(l, app).await });
 
         let interval = Duration::from_millis(100);
-        let checker = Checker::new("/metrics", Duration::from_millis(200), interval).unwrap();
+        let checker = Checker::new(Duration::from_millis(200), interval).unwrap();
+        let spec = CheckSpec {
+            path: "/metrics".into(),
+            interval,
+            timeout: Duration::from_millis(200),
+        };
         for _ in 0..3 {
-            let r = checker.check(addr, "x", true).await;
+            let r = checker.check(addr, "x", true, &spec).await;
             assert!(matches!(r, CheckResult::Ready(_)), "{r:?}");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "one pooled connection");
         // Idle timeout: 2 × 100 ms + 200 ms.
         tokio::time::sleep(Duration::from_millis(900)).await;
-        checker.check(addr, "x", true).await;
+        checker.check(addr, "x", true, &spec).await;
         assert_eq!(
             accepted.load(Ordering::SeqCst),
             2,
             "the idle one was closed"
         );
-        checker.check(addr, "x", false).await;
+        checker.check(addr, "x", false, &spec).await;
         assert_eq!(
             accepted.load(Ordering::SeqCst),
             3,

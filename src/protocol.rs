@@ -20,6 +20,10 @@ pub struct Registration {
     /// Relative share of traffic, 1–100.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// The service this backend serves (id rules); absent = the LB's
+    /// `lb.default_service`. An id is unique within its service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 fn default_weight() -> u32 {
@@ -38,6 +42,10 @@ pub struct RegisterResponse {
     pub metrics_port: u16,
     pub weight: u32,
     pub state: BackendState,
+    /// The service, echoed only when the registration named one (an
+    /// un-named registration gets the seed's answer byte for byte).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     /// Seconds until the lease expires unless renewed.
     pub lease_ttl_seconds: u64,
     /// When the agent should announce next; the LB spreads a fleet's heartbeats.
@@ -112,6 +120,8 @@ pub struct Vitals {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct EntryView {
     pub id: String,
+    /// The service the entry belongs to.
+    pub service: String,
     pub address: String,
     pub metrics_port: u16,
     pub weight: u32,
@@ -148,4 +158,16 @@ pub struct RegistryView {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorBody {
     pub error: String,
+}
+
+/// One element of `GET /services`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ServiceView {
+    pub name: String,
+    /// Entries registered in the service, in any state.
+    pub registered: usize,
+    /// Addresses traffic for the service goes to now.
+    pub routable: usize,
+    /// Hex digest of the service's routable set (as `/registry`'s).
+    pub digest: String,
 }

@@ -151,6 +151,7 @@ impl ConnService {
         let router = self.router.clone();
         async move {
             let resp = if too_large {
+                discard_body(req, body_timeout).await;
                 error(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     &format!("body larger than {max_body} bytes"),
@@ -168,6 +169,24 @@ impl ConnService {
             }))
         }
     }
+}
+
+/// Declared bodies up to this size are read and dropped before the 413,
+/// so the client sees the answer instead of a reset (closing with unread
+/// data in the socket sends RST); larger ones are refused unread.
+const DISCARD_UP_TO: u64 = 1024 * 1024;
+
+/// At most a second (a client that declared a body but sends none still
+/// gets its 413 at once, in effect).
+async fn discard_body(req: Request<Incoming>, body_timeout: std::time::Duration) {
+    use futures::StreamExt;
+    if declared_length(&req).is_none_or(|n| n > DISCARD_UP_TO) {
+        return;
+    }
+    let mut data = Body::new(req.into_body()).into_data_stream();
+    let drain = async { while let Some(Ok(_)) = data.next().await {} };
+    let limit = body_timeout.min(std::time::Duration::from_secs(1));
+    let _ = tokio::time::timeout(limit, drain).await;
 }
 
 fn declared_length<B>(req: &Request<B>) -> Option<u64> {

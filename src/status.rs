@@ -14,6 +14,9 @@ pub struct StatusArgs {
     /// LB control address (`host:port`).
     #[arg(long, env = "ROSTER_LB", default_value = "127.0.0.1:8080")]
     pub lb: String,
+    /// Only this service's entries, with its digest and panic state.
+    #[arg(long)]
+    pub service: Option<String>,
     /// Print the raw JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -21,7 +24,10 @@ pub struct StatusArgs {
 
 /// Fetch and print.
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let url = format!("http://{}/registry", args.lb);
+    let url = match &args.service {
+        Some(s) => format!("http://{}/registry?service={s}", args.lb),
+        None => format!("http://{}/registry", args.lb),
+    };
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .no_proxy()
@@ -48,6 +54,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
 pub fn table(view: &RegistryView) -> String {
     let header = [
         "ID",
+        "SERVICE",
         "ADDRESS",
         "STATE",
         "LAST CHECK",
@@ -58,7 +65,7 @@ pub fn table(view: &RegistryView) -> String {
         "IN-FLIGHT",
         "ERROR",
     ];
-    let rows: Vec<[String; 10]> = view.backends.iter().map(row).collect();
+    let rows: Vec<[String; 11]> = view.backends.iter().map(row).collect();
     let mut widths = header.map(str::len);
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r.iter()) {
@@ -94,7 +101,7 @@ pub fn table(view: &RegistryView) -> String {
     out
 }
 
-fn row(e: &EntryView) -> [String; 10] {
+fn row(e: &EntryView) -> [String; 11] {
     let v = e.vitals.as_ref();
     let dash = || "-".to_string();
     let state = match &e.ejected {
@@ -103,6 +110,7 @@ fn row(e: &EntryView) -> [String; 10] {
     };
     [
         e.id.clone(),
+        e.service.clone(),
         e.address.clone(),
         state,
         e.last_check
@@ -140,6 +148,7 @@ mod tests {
             panic: false,
             backends: vec![EntryView {
                 id: "backend-1".into(),
+                service: "web".into(),
                 address: "10.0.1.5:3000".into(),
                 metrics_port: 9090,
                 weight: 1,
@@ -160,6 +169,7 @@ mod tests {
         let t = table(&view);
         assert!(t.starts_with("ID"), "{t}");
         assert!(t.contains("backend-1") && t.contains("healthy") && t.contains("35.2"));
+        assert!(t.contains(" web "), "{t}");
         assert!(t.contains("20:00:01"));
         assert!(t.contains("1 registered, 1 routable, digest deadbeef"));
     }

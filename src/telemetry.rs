@@ -1,13 +1,11 @@
 //! Logging (tracing) and the LB's Prometheus metrics, `roster_lb_*`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use std::sync::OnceLock;
-
-use crate::protocol::BackendState;
 
 /// Install the global tracing subscriber: `RUST_LOG` filter, default `info`.
 pub fn init_tracing() {
@@ -22,13 +20,15 @@ pub fn init_tracing() {
 /// Every metric the LB exports.
 pub struct LbMetrics {
     pub registry: Registry,
-    /// `roster_lb_backends{state}`: registered backends per state.
+    /// `roster_lb_backends{state}`: registered backends per state, every service.
     pub backends: IntGaugeVec,
-    /// `roster_lb_routable_backends`: backends traffic is sent to now.
-    pub routable: IntGauge,
-    /// `roster_lb_routable_digest`: the `/registry` digest as a number.
-    pub digest: IntGauge,
-    /// `roster_lb_requests_total{backend,code_class}`.
+    /// `roster_lb_service_backends{service,state}`: the same per service.
+    pub service_backends: IntGaugeVec,
+    /// `roster_lb_routable_backends{service}`: backends traffic is sent to now.
+    pub routable: IntGaugeVec,
+    /// `roster_lb_routable_digest{service}`: the service's digest as a number.
+    pub digest: IntGaugeVec,
+    /// `roster_lb_requests_total{service,backend,code_class}`.
     pub requests: IntCounterVec,
     /// `roster_lb_request_duration_seconds{code_class}`.
     pub duration: HistogramVec,
@@ -46,10 +46,12 @@ pub struct LbMetrics {
     pub deregistrations: IntCounterVec,
     /// `roster_lb_ejections_total{reason}`: passive ejections.
     pub ejections: IntCounterVec,
-    /// `roster_lb_panic`: 1 while in panic mode.
-    pub panic: IntGauge,
+    /// `roster_lb_panic{service}`: 1 while the service is in panic mode.
+    pub panic: IntGaugeVec,
     /// `roster_lb_retries_total`: requests sent to another backend after a failure.
     pub retries: IntCounter,
+    /// `roster_lb_config_reloads_total{result}`: route reloads, ok or refused.
+    pub reloads: IntCounterVec,
     /// `roster_lb_open_connections{listener}`: client connections open now.
     pub open_connections: IntGaugeVec,
     /// `roster_lb_connections_shed_total{listener,reason}`: connections closed
@@ -65,22 +67,36 @@ impl LbMetrics {
             &["state"],
         )
         .expect("metric");
-        let routable = IntGauge::new(
-            "roster_lb_routable_backends",
-            "Backends that traffic is routed to now",
+        let service_backends = IntGaugeVec::new(
+            Opts::new(
+                "roster_lb_service_backends",
+                "Registered backends by service and state",
+            ),
+            &["service", "state"],
         )
         .expect("metric");
-        let digest = IntGauge::new(
-            "roster_lb_routable_digest",
-            "32-bit digest of the routable address set; equal on replicas that agree",
+        let routable = IntGaugeVec::new(
+            Opts::new(
+                "roster_lb_routable_backends",
+                "Backends that traffic is routed to now, by service",
+            ),
+            &["service"],
+        )
+        .expect("metric");
+        let digest = IntGaugeVec::new(
+            Opts::new(
+                "roster_lb_routable_digest",
+                "32-bit digest of a service's routable address set; equal on replicas that agree",
+            ),
+            &["service"],
         )
         .expect("metric");
         let requests = IntCounterVec::new(
             Opts::new(
                 "roster_lb_requests_total",
-                "Proxied requests by backend and status class",
+                "Proxied requests by service, backend and status class",
             ),
-            &["backend", "code_class"],
+            &["service", "backend", "code_class"],
         )
         .expect("metric");
         let duration = HistogramVec::new(
@@ -142,14 +158,25 @@ impl LbMetrics {
             &["reason"],
         )
         .expect("metric");
-        let panic = IntGauge::new(
-            "roster_lb_panic",
-            "1 while too few backends are healthy and the LB routes to all verified ready ones",
+        let panic = IntGaugeVec::new(
+            Opts::new(
+                "roster_lb_panic",
+                "1 while too few of a service's backends are healthy and the LB routes to all its verified ready ones",
+            ),
+            &["service"],
         )
         .expect("metric");
         let retries = IntCounter::new(
             "roster_lb_retries_total",
             "Requests retried on another backend after a failure",
+        )
+        .expect("metric");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "roster_lb_config_reloads_total",
+                "Reloads of routes from the config file, by result (ok, refused)",
+            ),
+            &["result"],
         )
         .expect("metric");
         let open_connections = IntGaugeVec::new(
@@ -172,6 +199,7 @@ impl LbMetrics {
             Box::new(open_connections.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(connections_shed.clone()),
             Box::new(backends.clone()),
+            Box::new(service_backends.clone()),
             Box::new(routable.clone()),
             Box::new(digest.clone()),
             Box::new(requests.clone()),
@@ -185,15 +213,14 @@ impl LbMetrics {
             Box::new(ejections.clone()),
             Box::new(panic.clone()),
             Box::new(retries.clone()),
+            Box::new(reloads.clone()),
         ] {
             registry.register(c).expect("unique metric names");
-        }
-        for s in BackendState::ALL {
-            backends.with_label_values(&[s.as_str()]).set(0);
         }
         Self {
             registry,
             backends,
+            service_backends,
             routable,
             digest,
             requests,
@@ -207,6 +234,7 @@ impl LbMetrics {
             ejections,
             panic,
             retries,
+            reloads,
             open_connections,
             connections_shed,
         }
@@ -310,18 +338,18 @@ pub fn code_class(status: u16) -> &'static str {
 pub struct BackendRequests([OnceLock<IntCounter>; 7]);
 
 impl BackendRequests {
-    /// Count one request to `backend` in `class`.
-    pub fn inc(&self, vec: &IntCounterVec, backend: &str, class: CodeClass) {
+    /// Count one request to `backend` of `service` in `class`.
+    pub fn inc(&self, vec: &IntCounterVec, service: &str, backend: &str, class: CodeClass) {
         self.0[class as usize]
-            .get_or_init(|| vec.with_label_values(&[backend, class.as_str()]))
+            .get_or_init(|| vec.with_label_values(&[service, backend, class.as_str()]))
             .inc();
     }
 
     /// Drop every series of `backend` (it left the registry), so the
     /// scrape is bounded by the live pool.
-    pub fn forget(vec: &IntCounterVec, backend: &str) {
+    pub fn forget(vec: &IntCounterVec, service: &str, backend: &str) {
         for class in CodeClass::ALL {
-            let _ = vec.remove_label_values(&[backend, class.as_str()]);
+            let _ = vec.remove_label_values(&[service, backend, class.as_str()]);
         }
     }
 }
@@ -348,14 +376,18 @@ mod tests {
     fn backend_requests_count_into_the_shared_series() {
         let m = LbMetrics::new();
         let a = BackendRequests::default();
-        a.inc(&m.requests, "10.0.0.1:80", CodeClass::of(200));
-        a.inc(&m.requests, "10.0.0.1:80", CodeClass::of(201));
-        a.inc(&m.requests, "10.0.0.1:80", CodeClass::of(502));
+        a.inc(&m.requests, "s", "10.0.0.1:80", CodeClass::of(200));
+        a.inc(&m.requests, "s", "10.0.0.1:80", CodeClass::of(201));
+        a.inc(&m.requests, "s", "10.0.0.1:80", CodeClass::of(502));
         // A second holder (a re-registered backend) shares the series.
-        BackendRequests::default().inc(&m.requests, "10.0.0.1:80", CodeClass::of(200));
-        let v = |class| m.requests.with_label_values(&["10.0.0.1:80", class]).get();
+        BackendRequests::default().inc(&m.requests, "s", "10.0.0.1:80", CodeClass::of(200));
+        let v = |class| {
+            m.requests
+                .with_label_values(&["s", "10.0.0.1:80", class])
+                .get()
+        };
         assert_eq!((v("2xx"), v("5xx"), v("4xx")), (3, 1, 0));
-        BackendRequests::forget(&m.requests, "10.0.0.1:80");
+        BackendRequests::forget(&m.requests, "s", "10.0.0.1:80");
         assert!(!m.render().contains("10.0.0.1:80"), "series dropped");
     }
 }

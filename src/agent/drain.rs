@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{AgentError, Shared};
-use crate::config::{Config, ConfigArgs, parse_duration};
+use crate::config::parse_duration;
 
 /// The outcome of a drain, also the `POST /drain` answer.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -182,21 +182,12 @@ pub(crate) async fn coordinate(
         .send_replace(Phase::Drained(Arc::new(report)));
 }
 
-/// `roster agent drain` flags: where the local agent's vitals server is.
+/// `roster agent drain` flags: the agent's own (its vitals port and drain
+/// period say where and how long), plus a timeout.
 #[derive(Debug, Clone, Default, Args)]
 pub struct DrainArgs {
     #[command(flatten)]
-    pub file: ConfigArgs,
-    /// The agent's vitals port (discovery.metrics_port).
-    #[arg(long, env = "ROSTER_METRICS_PORT")]
-    pub metrics_port: Option<u16>,
-    /// The IP the agent's vitals server binds (agent.metrics_listen);
-    /// 0.0.0.0 and :: mean loopback.
-    #[arg(long, env = "ROSTER_METRICS_LISTEN")]
-    pub metrics_listen: Option<String>,
-    /// The agent's drain period (agent.drain_period); we wait for it plus 30 s.
-    #[arg(long, env = "ROSTER_DRAIN_PERIOD", value_parser = parse_duration)]
-    pub drain_period: Option<Duration>,
+    pub overlay: crate::config::Overlay<crate::config::AgentSections>,
     /// Give up after this long (default: the drain period plus 30 s).
     #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<Duration>,
@@ -211,16 +202,7 @@ pub struct DrainTarget {
 
 impl DrainArgs {
     pub fn resolve(&self) -> Result<DrainTarget, AgentError> {
-        let mut c = Config::load(self.file.config.as_deref())?;
-        if let Some(p) = self.metrics_port {
-            c.discovery.metrics_port = p;
-        }
-        if let Some(l) = &self.metrics_listen {
-            c.agent.metrics_listen = l.clone();
-        }
-        if let Some(d) = self.drain_period {
-            c.agent.drain_period = d;
-        }
+        let c = self.overlay.load()?;
         let ip: IpAddr = c.agent.metrics_listen.trim().parse().map_err(|_| {
             super::invalid(
                 "agent.metrics_listen",
@@ -301,27 +283,26 @@ mod tests {
         assert!(!is_local(ip("::ffff:10.0.0.6"), ip("10.0.0.5")));
     }
 
+    fn drain_args(flags: &[&str]) -> DrainArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            drain: DrainArgs,
+        }
+        let argv = std::iter::once("drain").chain(flags.iter().copied());
+        <Cli as clap::Parser>::try_parse_from(argv).unwrap().drain
+    }
+
     #[test]
     fn drain_target_defaults_to_loopback() {
-        let a = DrainArgs {
-            metrics_port: Some(9191),
-            ..Default::default()
-        };
-        let t = a.resolve().unwrap();
+        let t = drain_args(&["--metrics-port", "9191"]).resolve().unwrap();
         assert_eq!(t.addr, "127.0.0.1:9191".parse().unwrap());
         assert_eq!(t.timeout, Duration::from_secs(40));
-        let a = DrainArgs {
-            metrics_listen: Some("127.0.0.7".into()),
-            timeout: Some(Duration::from_secs(3)),
-            ..Default::default()
-        };
+        let a = drain_args(&["--metrics-listen", "127.0.0.7", "--timeout", "3s"]);
         let t = a.resolve().unwrap();
         assert_eq!(t.addr, "127.0.0.7:9090".parse().unwrap());
         assert_eq!(t.timeout, Duration::from_secs(3));
-        let a = DrainArgs {
-            metrics_listen: Some("::".into()),
-            ..Default::default()
-        };
+        let a = drain_args(&["--metrics-listen", "::"]);
         assert_eq!(a.resolve().unwrap().addr, "[::1]:9090".parse().unwrap());
     }
 

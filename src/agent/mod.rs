@@ -65,7 +65,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 use parking_lot::Mutex;
 
-use crate::config::{Config, ConfigArgs, ConfigError, ResourceMode, parse_duration};
+use crate::config::{Config, ConfigError, ResourceMode};
 use crate::protocol::{Registration, Vitals};
 pub use drain::DrainReport;
 pub use layer::{Counters, InFlight, VitalsLayer, VitalsService};
@@ -97,97 +97,23 @@ fn invalid(field: &'static str, message: impl Into<String>) -> AgentError {
     })
 }
 
-/// `roster agent` flags; each overrides the file's key of the same meaning,
-/// and each has a `ROSTER_*` environment variable (the sidecar's contract).
+/// `roster agent` flags: every key of `discovery:` and `agent:`, and
+/// `health_check.interval` (see each field for its flag and `ROSTER_*`
+/// variable: the sidecar's contract).
 #[derive(Debug, Clone, Default, Args)]
 pub struct AgentArgs {
     #[command(flatten)]
-    pub file: ConfigArgs,
-    /// Comma-separated LB control addresses, HOST:PORT (discovery.load_balancers).
-    #[arg(long, env = "ROSTER_DISCOVERY_LB", value_delimiter = ',')]
-    pub discovery_lb: Option<Vec<String>>,
-    /// Vitals port (discovery.metrics_port).
-    #[arg(long, env = "ROSTER_METRICS_PORT")]
-    pub metrics_port: Option<u16>,
-    /// Heartbeat period, ±10% jitter (discovery.announce_interval).
-    #[arg(long, env = "ROSTER_ANNOUNCE_INTERVAL", value_parser = parse_duration)]
-    pub announce_interval: Option<Duration>,
-    /// Backend id; default $POD_NAME, else the hostname (agent.id).
-    #[arg(long, env = "ROSTER_ID")]
-    pub id: Option<String>,
-    /// HOST:PORT the LBs send traffic to; default $POD_IP:$ROSTER_APP_PORT (agent.address).
-    #[arg(long, env = "ROSTER_ADDRESS")]
-    pub address: Option<String>,
-    /// The app's port, for the default address (agent.app_port).
-    #[arg(long, env = "ROSTER_APP_PORT")]
-    pub app_port: Option<u16>,
-    /// Bearer token file sent to the LBs, re-read each time (agent.token_file).
-    #[arg(long, env = "ROSTER_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
-    /// Readiness probe: http://127.0.0.1:3000/healthz, tcp:3000, tcp:HOST:PORT or none;
-    /// default TCP connect to the address (agent.app_health).
-    #[arg(long, env = "ROSTER_APP_HEALTH")]
-    pub app_health: Option<String>,
-    /// URL of JSON vitals the app serves, merged into ours (agent.app_vitals).
-    #[arg(long, env = "ROSTER_APP_VITALS")]
-    pub app_vitals: Option<String>,
-    /// Longest drain before exiting (agent.drain_period).
-    #[arg(long, env = "ROSTER_DRAIN_PERIOD", value_parser = parse_duration)]
-    pub drain_period: Option<Duration>,
-    /// IP the vitals server binds (agent.metrics_listen).
-    #[arg(long, env = "ROSTER_METRICS_LISTEN")]
-    pub metrics_listen: Option<String>,
-    /// The LBs' check period: a drain serves not-ready at least this long
-    /// (health_check.interval).
-    #[arg(long, env = "ROSTER_HEALTH_INTERVAL", value_parser = parse_duration)]
-    pub health_interval: Option<Duration>,
-    /// Source of cpu_usage/memory_usage: auto, cgroup or host (agent.resources).
-    #[arg(long, env = "ROSTER_RESOURCES")]
-    pub resources: Option<ResourceMode>,
-    #[command(flatten)]
-    pub vitals_limits: crate::limits::VitalsLimitArgs,
+    pub overlay: crate::config::Overlay<crate::config::AgentSections>,
     /// Print the merged configuration as YAML and exit.
     #[arg(long)]
     pub print_config: bool,
-}
-
-fn over<T: Clone>(dst: &mut T, src: &Option<T>) {
-    if let Some(v) = src {
-        *dst = v.clone();
-    }
-}
-
-fn over_opt<T: Clone>(dst: &mut Option<T>, src: &Option<T>) {
-    if src.is_some() {
-        *dst = src.clone();
-    }
 }
 
 impl AgentArgs {
     /// File (or defaults), then flags/env on top. [`Settings::from_config`]
     /// validates.
     pub fn resolve(&self) -> Result<Config, ConfigError> {
-        let mut c = Config::load(self.file.config.as_deref())?;
-        self.apply(&mut c);
-        Ok(c)
-    }
-
-    /// Overlay every flag or env var that was given.
-    pub fn apply(&self, c: &mut Config) {
-        over(&mut c.discovery.load_balancers, &self.discovery_lb);
-        over(&mut c.discovery.metrics_port, &self.metrics_port);
-        over(&mut c.discovery.announce_interval, &self.announce_interval);
-        over_opt(&mut c.agent.id, &self.id);
-        over_opt(&mut c.agent.address, &self.address);
-        over_opt(&mut c.agent.app_port, &self.app_port);
-        over_opt(&mut c.agent.token_file, &self.token_file);
-        over_opt(&mut c.agent.app_health, &self.app_health);
-        over_opt(&mut c.agent.app_vitals, &self.app_vitals);
-        over(&mut c.agent.drain_period, &self.drain_period);
-        over(&mut c.agent.metrics_listen, &self.metrics_listen);
-        over(&mut c.health_check.interval, &self.health_interval);
-        over(&mut c.agent.resources, &self.resources);
-        self.vitals_limits.apply(&mut c.agent.vitals_limits);
+        self.overlay.load()
     }
 }
 
@@ -260,6 +186,8 @@ pub struct Settings {
     /// `host:port` entries, each resolved on every round.
     pub load_balancers: Vec<String>,
     pub announce_interval: Duration,
+    /// The service announced; None = the LB's default one.
+    pub service: Option<String>,
     pub metrics_listen: IpAddr,
     /// 0 binds an ephemeral port; the bound port is announced.
     pub metrics_port: u16,
@@ -325,6 +253,10 @@ impl Settings {
                     format!("{lb:?} is not HOST:PORT"),
                 ));
             }
+        }
+        if let Some(svc) = d.service.as_deref() {
+            crate::registry::validate_name(crate::registry::Field::Service, svc)
+                .map_err(|e| invalid("discovery.service", e.to_string()))?;
         }
         if d.announce_interval.is_zero() {
             return Err(invalid(
@@ -400,6 +332,7 @@ impl Settings {
             address,
             load_balancers,
             announce_interval: d.announce_interval,
+            service: d.service.clone(),
             metrics_listen,
             metrics_port: d.metrics_port,
             token_file: a.token_file.clone(),
@@ -525,6 +458,7 @@ impl Agent {
             address: s.address.to_string(),
             metrics_port: metrics_addr.port(),
             weight: 1,
+            service: s.service.clone(),
         };
         let client = http_client(announce::request_timeout(s.announce_interval))?;
         let sources = probe::Sources::new(s.app_health.clone(), s.app_vitals.clone())?;

@@ -4,8 +4,10 @@
 //! | --- | --- |
 //! | `POST /register` | 201 created / 200 renewed, the entry as JSON |
 //! | `DELETE /register/{id}` | 204, or 404 for an unknown id |
-//! | `GET /backends` | the routable addresses, the seed's shape |
-//! | `GET /registry` | every entry with state, vitals, lease; the set's digest |
+//! | `GET /backends[?service=S]` | the routable addresses, the seed's shape (default service) |
+//! | `GET /registry[?service=S]` | every entry with service, state, vitals, lease; the set's digest |
+//! | `GET /services` | every service: registered and routable counts, digest |
+//! | `GET /routes` | the routes in force, the default service, the last reload error |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 once the first health round is done; 503 while warming up or shutting down |
 //! | `GET /telemetry` | Prometheus text, `roster_lb_*` |
@@ -21,8 +23,8 @@ use std::time::Instant;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State as AxState};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State as AxState};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -31,7 +33,7 @@ use serde::de::DeserializeOwned;
 
 use super::State;
 use crate::protocol::{ErrorBody, Registration};
-use crate::registry::{RegisterError, Registered};
+use crate::registry::{Outcome, RegisterError, Removal};
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -80,12 +82,29 @@ impl IntoResponse for ApiError {
 impl From<RegisterError> for ApiError {
     fn from(e: RegisterError) -> Self {
         let status = match e {
-            RegisterError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            RegisterError::Forbidden(_) => StatusCode::FORBIDDEN,
+            RegisterError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            RegisterError::Unlisted { .. } | RegisterError::Special { .. } => StatusCode::FORBIDDEN,
             RegisterError::Full(_) => StatusCode::TOO_MANY_REQUESTS,
         };
         Self::new(status, e.to_string())
     }
+}
+
+/// `?service=NAME` on reads and DELETE.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceQuery {
+    pub service: Option<String>,
+}
+
+/// The query string, parsed: unknown keys and bad names are a 400.
+fn service_query(q: Result<Query<ServiceQuery>, QueryRejection>) -> Result<ServiceQuery, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    if let Some(s) = &q.service {
+        crate::registry::validate_name(crate::registry::Field::Service, s)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    }
+    Ok(q)
 }
 
 /// Read a JSON body: malformed → 400, wrong type or missing field → 422
@@ -131,6 +150,8 @@ pub fn router(state: Arc<State>) -> Router {
     let reads = Router::new()
         .route("/backends", get(backends))
         .route("/registry", get(registry))
+        .route("/services", get(services))
+        .route("/routes", get(routes))
         .route("/telemetry", get(telemetry))
         .merge(super::ui::routes())
         .route_layer(middleware::from_fn_with_state(
@@ -204,7 +225,7 @@ async fn register(
         })
     }
     .await;
-    let (outcome, resp, target) = result.inspect_err(|e| {
+    let registered = result.inspect_err(|e| {
         let label = match e.status {
             StatusCode::UNAUTHORIZED => "unauthorized",
             StatusCode::FORBIDDEN => "forbidden",
@@ -214,14 +235,12 @@ async fn register(
         };
         m.registrations.with_label_values(&[label]).inc();
     })?;
-    if let Some(t) = target {
-        st.health.schedule(t);
-    }
+    let (outcome, resp) = (registered.outcome, registered.response);
     let (status, label) = match outcome {
-        Registered::Created => (StatusCode::CREATED, "created"),
-        Registered::Renewed => (StatusCode::OK, "renewed"),
+        Outcome::Created => (StatusCode::CREATED, "created"),
+        Outcome::Renewed => (StatusCode::OK, "renewed"),
     };
-    if outcome == Registered::Created {
+    if outcome == Outcome::Created {
         tracing::info!(id = %resp.id, address = %resp.address, "registered");
     }
     m.registrations.with_label_values(&[label]).inc();
@@ -232,40 +251,81 @@ async fn deregister(
     AxState(st): AxState<Arc<State>>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    query: Result<Query<ServiceQuery>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
-    match st.registry.address_of(&id) {
+    let q = service_query(query)?;
+    let service = st
+        .registry
+        .policy()
+        .service_of(q.service.as_deref())?
+        .to_string();
+    match st.registry.address_of(&service, &id) {
         Some(addr) => st.auth.authorize_write(&headers, addr.ip()).await?,
         None => st.auth.authorize_any(&headers).await?,
     }
-    if st.registry.deregister(&id) {
-        tracing::info!(%id, "deregistered");
-        st.metrics
-            .deregistrations
-            .with_label_values(&["deleted"])
-            .inc();
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::new(
+    match st.registry.deregister(&service, &id, Instant::now()) {
+        Removal::Unknown => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "id: no backend registered with this id",
-        ))
+        )),
+        removal => {
+            tracing::info!(%id, %service, draining = removal == Removal::Draining, "deregistered");
+            st.metrics
+                .deregistrations
+                .with_label_values(&["deleted"])
+                .inc();
+            Ok(StatusCode::NO_CONTENT)
+        }
     }
 }
 
-async fn backends(AxState(st): AxState<Arc<State>>) -> Response {
-    let routable = st.registry.routable();
-    Json(routable.live().0).into_response()
+/// The seed's flat address list, of the default service or `?service=`.
+async fn backends(
+    AxState(st): AxState<Arc<State>>,
+    query: Result<Query<ServiceQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = service_query(query)?;
+    let default = &st.config.lb.default_service;
+    let name = q.service.as_deref().unwrap_or(default);
+    match st.registry.slot(name) {
+        Some(slot) => Ok(Json(slot.routable().live().0).into_response()),
+        // Registered a moment ago, not published yet.
+        None if st.registry.knows(name) => Ok(Json(Vec::<String>::new()).into_response()),
+        None if name.is_empty() => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "service: this LB has no default service (lb.default_service is empty); use ?service=NAME",
+        )),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("service: no service named {name:?}"),
+        )),
+    }
 }
 
-async fn registry(AxState(st): AxState<Arc<State>>) -> Response {
-    Json(st.registry.view(Instant::now())).into_response()
+async fn registry(
+    AxState(st): AxState<Arc<State>>,
+    query: Result<Query<ServiceQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = service_query(query)?;
+    Ok(Json(st.registry.view(q.service.as_deref(), Instant::now())).into_response())
+}
+
+async fn services(AxState(st): AxState<Arc<State>>) -> Response {
+    Json(st.registry.services()).into_response()
+}
+
+async fn routes(AxState(st): AxState<Arc<State>>) -> Response {
+    let routes = st.routes.load();
+    let mut doc = serde_json::to_value(routes.view()).unwrap_or_default();
+    doc["last_reload_error"] = serde_json::json!(*st.route_error.lock());
+    Json(doc).into_response()
 }
 
 async fn readyz(AxState(st): AxState<Arc<State>>) -> Response {
     if st.shutting_down.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
-    if !st.registry.first_round_done() {
+    if !st.readiness.ready(&st.registry) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "warming up: first health round not finished\n",
@@ -318,8 +378,9 @@ mod tests {
                 allowed_networks: vec!["0.0.0.0/0".parse().unwrap()],
                 max_backends: 10,
                 lease_ttl: std::time::Duration::from_secs(1),
+                default_service: "default".into(),
             };
-            let reg = Registration { id: id.clone(), address, metrics_port: port, weight };
+            let reg = Registration { id: id.clone(), address, metrics_port: port, weight, service: None };
             match policy.validate(&reg) {
                 Ok(v) => {
                     prop_assert!(!v.id.is_empty() && v.id.len() <= 253);

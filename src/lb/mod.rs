@@ -2,26 +2,30 @@
 //! API, in one pingora `Server`.
 //!
 //! Pingora owns the runtimes: the proxy is a pingora service, and the
-//! control API, the routable-set publisher and the lease sweeper run as one
-//! pingora `BackgroundService`.
+//! control API, the publisher, the sweeper and the routes watcher run as
+//! one pingora `BackgroundService` ([`control`]). Every service has its own
+//! pool ([`pools`]); [`routes`] picks the service of a request.
 
 pub mod api;
 pub mod auth;
 pub mod bounded;
+mod control;
+pub mod pools;
 pub mod proxy;
+pub mod ready;
+pub mod routes;
 pub mod select;
 pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
-use async_trait::async_trait;
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
-use pingora::services::background::{BackgroundService, background_service};
+use pingora::server::{RunArgs, Server};
+use pingora::services::background::background_service;
 
 use crate::Error;
 use crate::config::Config;
@@ -29,14 +33,22 @@ use crate::health::{Checker, HealthLoop};
 use crate::limits::{self, ConnTable};
 use crate::protocol::BackendState;
 use crate::registry::{Policy, Registry, Thresholds};
-use crate::telemetry::{BackendRequests, LbMetrics};
-use select::Selector;
+use crate::telemetry::LbMetrics;
+use pools::Pools;
+use ready::Readiness;
+use routes::RouteTable;
 
 /// Everything the LB shares between the proxy, the API and background tasks.
 pub struct State {
     pub config: Config,
     pub registry: Arc<Registry>,
-    pub selector: Selector,
+    /// One pool (slot + selector + settings) per service.
+    pub pools: Pools,
+    /// The compiled `routes:`, swapped whole on reload.
+    pub routes: ArcSwap<RouteTable>,
+    /// Why the last reload of the config file was refused, if it was.
+    pub route_error: Mutex<Option<String>>,
+    pub readiness: Readiness,
     pub metrics: Arc<LbMetrics>,
     pub health: Arc<HealthLoop>,
     pub auth: auth::Auth,
@@ -67,39 +79,26 @@ impl State {
         let mut control_limits = config.lb.control_limits.get();
         control_limits.max_connections =
             limits::budget("control", control_limits.max_connections, fd_limit, 0.125);
-        let networks = config.registration.networks()?;
-        let policy = Policy {
-            allowed_networks: networks,
-            max_backends: config.registration.max_backends,
-            lease_ttl: config.registration.lease_ttl,
-        };
-        let hc = &config.health_check;
-        let thresholds = Thresholds {
-            unhealthy: hc.unhealthy_threshold,
-            healthy: hc.healthy_threshold,
-            panic_percent: hc.panic_threshold,
-        };
-        let registry = Arc::new(Registry::new(
-            policy,
-            thresholds,
-            config.lb.warmup,
-            hc.interval * 2,
-        ));
+        let registry = Arc::new(registry_of(&config)?);
+        let routes = RouteTable::build(&config.routes, &config.lb.default_service)?;
+        registry.pin(pinned(&config, &routes));
         let metrics = Arc::new(LbMetrics::new());
+        let hc = &config.health_check;
         let health = Arc::new(HealthLoop::new(
             Arc::clone(&registry),
-            Checker::new(&hc.path, hc.timeout, hc.interval)?,
-            hc.interval,
+            Checker::new(hc.timeout, hc.interval)?,
             hc.concurrency,
             Arc::clone(&metrics),
         ));
-        let selector = Selector::new(config.lb.algorithm, Arc::clone(&registry));
         let auth = auth::Auth::new(&config.registration)?;
         Ok(Arc::new(Self {
             auth,
-            config,
+            readiness: Readiness::new(config.lb.warmup, hc.interval * 2),
             registry,
-            selector,
+            pools: Pools::default(),
+            routes: ArcSwap::from_pointee(routes),
+            route_error: Mutex::new(None),
+            config,
             metrics,
             health,
             shutting_down: AtomicBool::new(false),
@@ -109,184 +108,79 @@ impl State {
         }))
     }
 
-    /// Update the gauges that are derived from the registry at scrape time.
+    /// Update the gauges that are derived from the registry at scrape
+    /// time. Series of services that left are dropped with them.
     pub fn refresh_gauges(&self) {
+        let m = &self.metrics;
+        let pools = self.pools.all();
+        for vec in [&m.service_backends, &m.routable, &m.digest, &m.panic] {
+            vec.reset();
+        }
         let counts = self.registry.counts();
+        let services = pools.iter().map(|p| Arc::clone(p.name()));
+        let names: std::collections::BTreeSet<Arc<str>> = services
+            .chain(counts.keys().map(|(s, _)| Arc::clone(s)))
+            .collect();
         for s in BackendState::ALL {
-            let n = counts.get(&s).copied().unwrap_or(0);
-            self.metrics
-                .backends
+            let mut total = 0;
+            for name in &names {
+                let n = counts.get(&(Arc::clone(name), s)).copied().unwrap_or(0);
+                total += n;
+                m.service_backends
+                    .with_label_values(&[name, s.as_str()])
+                    .set(n as i64);
+            }
+            m.backends
                 .with_label_values(&[s.as_str()])
-                .set(n as i64);
+                .set(total as i64);
         }
-        let routable = self.registry.routable();
-        let (live, digest) = routable.live();
-        self.metrics.routable.set(live.len() as i64);
-        self.metrics.digest.set(i64::from(digest));
+        for pool in &pools {
+            let routable = pool.slot.routable();
+            let (live, digest) = routable.live();
+            let name: &str = pool.name();
+            m.routable.with_label_values(&[name]).set(live.len() as i64);
+            m.digest.with_label_values(&[name]).set(i64::from(digest));
+            m.panic
+                .with_label_values(&[name])
+                .set(i64::from(routable.panic));
+        }
         for table in [&self.proxy_conns, &self.control_conns] {
-            self.metrics.observe_connections(table);
+            m.observe_connections(table);
         }
     }
 
-    /// Republish the routable set whenever it changes and rebuild the
-    /// selector. A rebuild is O(pool); to keep a burst of changes (10,000
-    /// backends joining at once) from turning into O(pool²) work, the next
-    /// rebuild waits ten times as long as the last one took (capped at
-    /// 250 ms), and every change made meanwhile rides along. Small pools
-    /// rebuild at once.
-    pub async fn publish_loop(self: Arc<Self>) {
-        let mut panic = false;
-        loop {
-            let started = Instant::now();
-            let r = self.registry.publish();
-            if r.panic != panic {
-                panic = r.panic;
-                self.metrics.panic.set(i64::from(panic));
-                if panic {
-                    tracing::error!(
-                        threshold = self.config.health_check.panic_threshold,
-                        routing_to = r.addresses.len(),
-                        "PANIC MODE: too few healthy backends, routing to every verified ready one"
-                    );
-                } else {
-                    tracing::warn!("panic mode over");
-                }
-            }
-            if let Err(e) = self.selector.update().await {
-                tracing::error!(error = %e, "selector update failed");
-            }
-            // Series of backends that left: cardinality follows the pool.
-            let requests = &self.metrics.requests;
-            self.registry
-                .forget_removed(|label| BackendRequests::forget(requests, label));
-            let cost = started.elapsed();
-            tracing::debug!(
-                routable = r.addresses.len(),
-                ?cost,
-                "routable set published"
-            );
-            self.registry.wait_dirty().await;
-            tokio::time::sleep((cost * 10).min(Duration::from_millis(250))).await;
-        }
-    }
-
-    /// Drop entries whose lease ran out.
-    pub async fn sweep_loop(self: Arc<Self>) {
-        let period = (self.config.registration.lease_ttl / 10)
-            .clamp(Duration::from_millis(100), Duration::from_secs(1));
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_housekeeping = Instant::now();
-        loop {
-            tick.tick().await;
-            if last_housekeeping.elapsed() >= Duration::from_secs(60) {
-                self.auth.housekeeping();
-                last_housekeeping = Instant::now();
-            }
-            for id in self.registry.release_ejections(Instant::now()) {
-                tracing::info!(%id, "ejection over: back in selection");
-            }
-            for id in self.registry.expire(Instant::now()) {
-                tracing::warn!(%id, "lease expired: removed");
-                self.metrics
-                    .deregistrations
-                    .with_label_values(&["expired"])
-                    .inc();
-            }
-        }
+    /// Swap in new routes (already validated) and keep their services'
+    /// slots.
+    pub fn set_routes(&self, routes: RouteTable) {
+        self.registry.pin(pinned(&self.config, &routes));
+        self.routes.store(Arc::new(routes));
     }
 }
 
-/// The control plane as one pingora background service.
-struct Control {
-    state: Arc<State>,
-    /// Bound before the server starts so a busy port fails `roster lb` at once.
-    listener: Mutex<Option<std::net::TcpListener>>,
+/// The registry a config describes.
+fn registry_of(config: &Config) -> Result<Registry, Error> {
+    let policy = Policy {
+        allowed_networks: config.registration.networks()?,
+        max_backends: config.registration.max_backends,
+        lease_ttl: config.registration.lease_ttl,
+        default_service: config.lb.default_service.clone(),
+    };
+    let hc = &config.health_check;
+    let thresholds = Thresholds {
+        unhealthy: hc.unhealthy_threshold,
+        healthy: hc.healthy_threshold,
+    };
+    Ok(Registry::new(policy, thresholds, config.rule_book()))
 }
 
-#[async_trait]
-impl BackgroundService for Control {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let st = Arc::clone(&self.state);
-        tokio::spawn(Arc::clone(&st).publish_loop());
-        tokio::spawn(Arc::clone(&st).sweep_loop());
-        tokio::spawn(Arc::clone(&st.health).run());
-        let Some(listener) = self.listener.lock().take() else {
-            return;
-        };
-        let listener = match tokio::net::TcpListener::from_std(listener) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "control listener");
-                std::process::exit(1);
-            }
-        };
-        let app = api::router(Arc::clone(&st));
-        let serve = crate::serve::serve(
-            crate::serve::Listener {
-                listener,
-                table: Arc::clone(&st.control_conns),
-                max_body: api::MAX_BODY_BYTES,
-                tls: None,
-                info: crate::serve::remote,
-            },
-            app,
-            std::future::pending::<()>(),
-            Duration::ZERO,
-        );
-        // The API keeps answering through the grace period (readyz says 503)
-        // and stops with the runtime.
-        let drain = async move {
-            let _ = shutdown.changed().await;
-            st.shutting_down.store(true, Ordering::Relaxed);
-            tracing::info!("stopped accepting: draining in-flight requests");
-            let grace = st.config.lb.grace_period;
-            let deadline = Instant::now() + grace;
-            // pingora sleeps the whole grace period; end sooner once idle.
-            while Instant::now() < deadline {
-                if st.active_requests.load(Ordering::Relaxed) == 0 {
-                    tracing::info!("no request in flight: exiting");
-                    std::process::exit(0);
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            std::future::pending::<()>().await
-        };
-        tokio::select! {
-            _ = serve => tracing::error!("control API stopped"),
-            _ = drain => {}
-        }
-    }
-}
-
-/// SIGTERM: `/readyz` goes 503 at once; after `lb.shutdown_delay` pingora
-/// stops accepting and drains. SIGINT: fast shutdown.
-struct Signals {
-    state: Arc<State>,
-}
-
-#[async_trait]
-impl ShutdownSignalWatch for Signals {
-    async fn recv(&self) -> ShutdownSignal {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = term.recv() => {
-                self.state.shutting_down.store(true, Ordering::Relaxed);
-                let delay = self.state.config.lb.shutdown_delay;
-                tracing::info!(delay = ?delay, "SIGTERM: readyz now 503; still accepting for shutdown_delay");
-                tokio::time::sleep(delay).await;
-                ShutdownSignal::GracefulTerminate
-            }
-            _ = int.recv() => ShutdownSignal::FastShutdown,
-        }
-    }
+/// Services kept with a pool even before backends arrive.
+fn pinned<'a>(config: &'a Config, routes: &'a RouteTable) -> Vec<&'a str> {
+    config
+        .services
+        .keys()
+        .map(String::as_str)
+        .chain(routes.services())
+        .collect()
 }
 
 /// Bind a std listener for a tokio server started later.
@@ -339,12 +233,13 @@ pub fn run(config: Config) -> Result<(), Error> {
         },
     );
     proxy.add_tcp(&lb.listen.to_string());
+    // Either the control service says the drain is done (idle before the
+    // grace period ends) or pingora's own shutdown finishes: whichever
+    // comes first ends `run`, and with it the process.
+    let (done, finished) = std::sync::mpsc::channel::<()>();
     let control = background_service(
         "control",
-        Control {
-            state: Arc::clone(&state),
-            listener: Mutex::new(Some(control_listener)),
-        },
+        control::Control::new(Arc::clone(&state), control_listener, done.clone()),
     );
     tracing::info!(
         proxy = %lb.listen,
@@ -355,10 +250,15 @@ pub fn run(config: Config) -> Result<(), Error> {
     );
     server.add_service(proxy);
     server.add_service(control);
-    server.run(RunArgs {
-        shutdown_signal: Box::new(Signals {
-            state: Arc::clone(&state),
-        }),
-    });
+    let signals = Box::new(control::Signals::new(Arc::clone(&state)));
+    std::thread::Builder::new()
+        .name("pingora".into())
+        .spawn(move || {
+            server.run(RunArgs {
+                shutdown_signal: signals,
+            });
+            let _ = done.send(());
+        })?;
+    let _ = finished.recv();
     Ok(())
 }

@@ -13,6 +13,8 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use super::State;
+use super::pools::Pool;
+use super::routes::host_of;
 use crate::registry::Upstream;
 use crate::telemetry::CodeClass;
 
@@ -53,6 +55,8 @@ impl Drop for Active {
 pub struct Ctx {
     _active: Active,
     started: Instant,
+    /// The service the request was routed to.
+    pool: Option<Arc<Pool>>,
     upstream: Option<InFlight>,
     tried: Vec<SocketAddr>,
     /// Why the request got no backend (answered with a body in `fail_to_proxy`).
@@ -82,6 +86,7 @@ impl ProxyHttp for Proxy {
         Ctx {
             _active: Active(Arc::clone(&self.state)),
             started: Instant::now(),
+            pool: None,
             upstream: None,
             tried: Vec::new(),
             no_backend: None,
@@ -95,7 +100,7 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
-    async fn request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let req = session.req_header();
         let hosts = req.headers.get_all(http::header::HOST).iter().count();
         // RFC 9112 §3.2: an HTTP/1.1 request needs exactly one Host.
@@ -108,14 +113,35 @@ impl ProxyHttp for Proxy {
             respond_json(session, 400, why).await;
             return Ok(true);
         }
+        // The authority (h2) or the Host header, without its port.
+        let host = req.uri.host().or_else(|| {
+            req.headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(host_of)
+        });
+        let routes = self.state.routes.load();
+        let Some(service) = routes.resolve(host, req.uri.path()) else {
+            respond_json(session, 404, "no route").await;
+            return Ok(true);
+        };
+        ctx.pool = self.state.pools.get(service);
         Ok(false)
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let routable = self.state.registry.routable();
-        let selector = &self.state.selector;
+        // A routed service without a pool has no backend yet.
+        let Some(pool) = ctx.pool.clone() else {
+            ctx.no_backend = Some("no backend available");
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                "no backend available",
+            ));
+        };
+        let routable = pool.slot.routable();
+        let selector = &pool.selector;
         let key: Vec<u8> = if selector.uses_key() {
-            hash_key(session, &self.state.config.lb.hash_header)
+            hash_key(session, &pool.settings.hash_header)
         } else {
             Vec::new()
         };
@@ -201,7 +227,7 @@ impl ProxyHttp for Proxy {
         self.state.metrics.connect_failures.inc();
         self.record_failure(ctx, "connect", "connect failures");
         // Nothing reached the backend: another one can take the request.
-        if ctx.tried.len() <= self.state.config.lb.retries {
+        if ctx.tried.len() <= retries(ctx) {
             e.set_retry(true);
         }
         e
@@ -229,7 +255,7 @@ impl ProxyHttp for Proxy {
         let idempotent = session.req_header().method.is_idempotent();
         let replayable = idempotent && !session.as_ref().retry_buffer_truncated();
         let lb = &self.state.config.lb;
-        if !replayable || ctx.upstream_status.is_some() || ctx.tried.len() > lb.retries {
+        if !replayable || ctx.upstream_status.is_some() || ctx.tried.len() > retries(ctx) {
             // The request may have had effects, or the client already has
             // part of an answer: never replay it.
             e.set_retry(false);
@@ -297,11 +323,16 @@ impl ProxyHttp for Proxy {
         };
         let m = &self.state.metrics;
         match &ctx.upstream {
-            Some(u) => u.0.requests.inc(&m.requests, &u.0.label, class),
-            None => m
-                .requests
-                .with_label_values(&["none", class.as_str()])
-                .inc(),
+            Some(u) => {
+                u.0.requests
+                    .inc(&m.requests, &u.0.service, &u.0.label, class)
+            }
+            None => {
+                let service = ctx.pool.as_ref().map_or("none", |p| p.name());
+                m.requests
+                    .with_label_values(&[service, "none", class.as_str()])
+                    .inc()
+            }
         }
         m.duration
             .with_label_values(&[class.as_str()])
@@ -336,6 +367,11 @@ impl Proxy {
             tracing::warn!(id = %u.id, address = %u.addr, %reason, seconds = length.as_secs(), "backend ejected");
         }
     }
+}
+
+/// Retries allowed for the request's service.
+fn retries(ctx: &Ctx) -> usize {
+    ctx.pool.as_ref().map_or(0, |p| p.settings.retries)
 }
 
 /// Answer with a JSON `{"error": ...}` body and close the connection.

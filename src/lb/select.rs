@@ -17,10 +17,10 @@ use pingora::lb::{Backend, Backends, LoadBalancer};
 use rand::RngExt;
 
 use crate::config::Algorithm;
-use crate::registry::{Registry, Upstream};
+use crate::registry::{Slot, Upstream};
 
-/// pingora's view of the registry: the routable set.
-struct Discovery(Arc<Registry>);
+/// pingora's view of one service: its routable set.
+struct Discovery(Arc<Slot>);
 
 #[async_trait]
 impl ServiceDiscovery for Discovery {
@@ -37,13 +37,14 @@ pub enum Selector {
 }
 
 impl Selector {
-    pub fn new(algorithm: Algorithm, registry: Arc<Registry>) -> Self {
-        let backends = || Backends::new(Box::new(Discovery(Arc::clone(&registry))));
+    /// A selector over one service's published set.
+    pub fn new(algorithm: Algorithm, slot: Arc<Slot>) -> Self {
+        let backends = || Backends::new(Box::new(Discovery(Arc::clone(&slot))));
         match algorithm {
             Algorithm::RoundRobin => Self::RoundRobin(LoadBalancer::from_backends(backends())),
             Algorithm::LeastLoaded => Self::LeastLoaded(LoadBalancer::from_backends_with_config(
                 backends(),
-                Some(Arc::clone(&registry)),
+                Some(Arc::clone(&slot)),
             )),
             Algorithm::ConsistentHash => {
                 Self::ConsistentHash(LoadBalancer::from_backends(backends()))
@@ -108,7 +109,7 @@ impl LeastLoaded {
 
 impl BackendSelection for LeastLoaded {
     type Iter = LeastLoadedIter;
-    type Config = Arc<Registry>;
+    type Config = Arc<Slot>;
 
     fn build(backends: &BTreeSet<Backend>) -> Self {
         Self {
@@ -117,8 +118,8 @@ impl BackendSelection for LeastLoaded {
         }
     }
 
-    fn build_with_config(backends: &BTreeSet<Backend>, registry: &Arc<Registry>) -> Self {
-        let routable = registry.routable();
+    fn build_with_config(backends: &BTreeSet<Backend>, slot: &Arc<Slot>) -> Self {
+        let routable = slot.routable();
         let backends: Vec<Backend> = backends.iter().cloned().collect();
         let load = backends
             .iter()
@@ -188,7 +189,7 @@ mod tests {
     use super::*;
 
     fn upstream(addr: &str, in_flight: u64) -> Arc<Upstream> {
-        let u = Upstream::new("x", addr.parse().unwrap());
+        let u = Upstream::new(&Arc::from("s"), "x", addr.parse().unwrap());
         u.in_flight
             .store(in_flight, std::sync::atomic::Ordering::Relaxed);
         Arc::new(u)

@@ -51,26 +51,34 @@ macro_rules! listener_limits {
         header: $h:expr, body: $b:expr, idle: $i:expr, max: $m:expr
     ) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+        #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema, clap::Args)]
         #[serde(deny_unknown_fields, default)]
         pub struct $name {
             /// Longest time for a whole request head (from accept, or from
             /// the first byte after an idle spell); then 408 and close.
             #[serde(with = "humantime_serde")]
             #[schemars(schema_with = "crate::config::duration_schema")]
+            #[arg(required = false, id = concat!($flag, "header-timeout"), long = concat!($flag, "header-timeout"),
+                  env = concat!($env, "HEADER_TIMEOUT"), value_parser = crate::config::parse_duration)]
             pub header_timeout: Duration,
             /// Longest wait for the next piece of a request body, or for the
             /// client to take the next piece of the answer; then close.
             #[serde(with = "humantime_serde")]
             #[schemars(schema_with = "crate::config::duration_schema")]
+            #[arg(required = false, id = concat!($flag, "body-timeout"), long = concat!($flag, "body-timeout"),
+                  env = concat!($env, "BODY_TIMEOUT"), value_parser = crate::config::parse_duration)]
             pub body_timeout: Duration,
             /// A keep-alive connection with no request is closed after this.
             #[serde(with = "humantime_serde")]
             #[schemars(schema_with = "crate::config::duration_schema")]
+            #[arg(required = false, id = concat!($flag, "idle-timeout"), long = concat!($flag, "idle-timeout"),
+                  env = concat!($env, "IDLE_TIMEOUT"), value_parser = crate::config::parse_duration)]
             pub idle_timeout: Duration,
             /// Open connections at once (also capped by a share of the
             /// open-file limit); a newcomer beyond it evicts the oldest idle
             /// or slow one, or is refused when all are busy.
+            #[arg(required = false, id = concat!($flag, "max-connections"), long = concat!($flag, "max-connections"),
+                  env = concat!($env, "MAX_CONNECTIONS"))]
             pub max_connections: usize,
         }
 
@@ -92,22 +100,23 @@ macro_rules! listener_limits {
             }
         }
 
-        /// Flags (and `ROSTER_*` env) overriding the section's keys.
+        /// The same flags as plain options, for a command without a config
+        /// file (the webhook).
         #[derive(Debug, Clone, Default, clap::Args)]
         pub struct $args {
-            #[arg(id = concat!($flag, "header-timeout"), long = concat!($flag, "header-timeout"),
+            #[arg(required = false, id = concat!($flag, "header-timeout"), long = concat!($flag, "header-timeout"),
                   env = concat!($env, "HEADER_TIMEOUT"), value_parser = crate::config::parse_duration,
                   help = "Longest time for a whole request head")]
             pub header_timeout: Option<Duration>,
-            #[arg(id = concat!($flag, "body-timeout"), long = concat!($flag, "body-timeout"),
+            #[arg(required = false, id = concat!($flag, "body-timeout"), long = concat!($flag, "body-timeout"),
                   env = concat!($env, "BODY_TIMEOUT"), value_parser = crate::config::parse_duration,
                   help = "Longest wait for the next piece of a body, either way")]
             pub body_timeout: Option<Duration>,
-            #[arg(id = concat!($flag, "idle-timeout"), long = concat!($flag, "idle-timeout"),
+            #[arg(required = false, id = concat!($flag, "idle-timeout"), long = concat!($flag, "idle-timeout"),
                   env = concat!($env, "IDLE_TIMEOUT"), value_parser = crate::config::parse_duration,
                   help = "Idle keep-alive connections are closed after this")]
             pub idle_timeout: Option<Duration>,
-            #[arg(id = concat!($flag, "max-connections"), long = concat!($flag, "max-connections"),
+            #[arg(required = false, id = concat!($flag, "max-connections"), long = concat!($flag, "max-connections"),
                   env = concat!($env, "MAX_CONNECTIONS"),
                   help = "Open connections at once")]
             pub max_connections: Option<usize>,

@@ -32,11 +32,11 @@
     sort: $('sort'), viewport: $('viewport'), spacer: $('spacer'), empty: $('empty'),
     detail: $('detail'), dState: $('d-state'), dId: $('d-id'), dWhy: $('d-why'),
     dFields: $('d-fields'), dCharts: $('d-charts'), dClose: $('d-close'),
-    shown: $('f-shown'), poll: $('f-poll'),
+    shown: $('f-shown'), poll: $('f-poll'), service: $('service'),
   };
 
   // ---- state --------------------------------------------------------------
-  const recs = new Map();                 // id -> record
+  const recs = new Map();                 // service/id -> record
   const times = new Float64Array(HIST).fill(NaN);
   let head = -1;                          // newest history slot
   let lastSampleAt = -Infinity;
@@ -50,7 +50,7 @@
   let pollTimer = 0;
   let lastCost = 0;
   let lastRenderMs = 0;
-  const ui = { filter: 'all', q: '', sort: 'trouble', sel: '' };
+  const ui = { filter: 'all', q: '', sort: 'trouble', sel: '', svc: '' };
   const stats = { polls: 0, lastPollMs: 0, lastParseMs: 0, lastApplyMs: 0, lastRenderMs: 0, entries: 0 };
   window.__roster = stats;                // read by the browser test
 
@@ -90,7 +90,7 @@
   // ---- history rings --------------------------------------------------------
   function newRec(e) {
     const hist = new Float32Array(4 * HIST).fill(NaN);
-    return { id: e.id, e, st: statusOf(e), hist, ord: 0, idLower: e.id.toLowerCase(), addrLower: e.address.toLowerCase(), failRate: NaN, rps: NaN };
+    return { id: e.id, key: keyOf(e), e, st: statusOf(e), hist, ord: 0, idLower: e.id.toLowerCase(), addrLower: e.address.toLowerCase(), failRate: NaN, rps: NaN };
   }
   // The slot at least `ms` older than slot `s` (or the oldest one kept).
   function slotBack(s, ms) {
@@ -114,15 +114,19 @@
   }
 
   // ---- applying one poll --------------------------------------------------
+  // An id is unique within its service only.
+  const keyOf = (e) => (e.service || '') + '/' + e.id;
+
   function apply(reg, now) {
     const seen = new Set();
     let changed = false;
     for (const e of reg.backends) {
-      seen.add(e.id);
-      let r = recs.get(e.id);
+      const key = keyOf(e);
+      seen.add(key);
+      let r = recs.get(key);
       if (!r || r.e.address !== e.address) {
         r = newRec(e);
-        recs.set(e.id, r);
+        recs.set(key, r);
         changed = true;
       }
       r.e = e;
@@ -241,7 +245,9 @@
       if (q && !r.idLower.includes(q) && !r.addrLower.includes(q)) continue;
       out.push(r);
     }
-    out.sort(SORTS[ui.sort] || SORTS.trouble);
+    // Grouped by service, then the chosen order within each.
+    const within = SORTS[ui.sort] || SORTS.trouble;
+    out.sort((a, b) => (a.e.service || '').localeCompare(b.e.service || '') || within(a, b));
     view = out;
     for (const b of el.filters.querySelectorAll('b[data-count]')) b.textContent = counts[b.dataset.count];
     return counts;
@@ -323,7 +329,9 @@
     row._id.className = 'id';
     row._addr = document.createElement('span');
     row._addr.className = 'addr';
-    who.append(row._id, row._addr);
+    row._svc = document.createElement('span');
+    row._svc.className = 'svc';
+    who.append(row._svc, row._id, row._addr);
     row._why = cell('why');
     row._lease = cell('num lease');
     row._rps = cell('num');
@@ -332,7 +340,7 @@
       row.appendChild(s);
       return { path: s.firstChild.firstChild, v: s.lastChild };
     });
-    row.addEventListener('click', () => select(row.dataset.id === ui.sel ? '' : row.dataset.id));
+    row.addEventListener('click', () => select(row.dataset.key === ui.sel ? '' : row.dataset.key));
     el.spacer.appendChild(row);
     return row;
   }
@@ -341,8 +349,11 @@
     const e = r.e, st = r.st;
     row.style.transform = `translateY(${i * ROW_H}px)`;
     if (row.dataset.id !== e.id) row.dataset.id = e.id;
+    row.dataset.key = r.key;
+    row.dataset.service = e.service || '';
+    row._svc.textContent = e.service || '';
     row.dataset.state = st;
-    row.classList.toggle('sel', e.id === ui.sel);
+    row.classList.toggle('sel', r.key === ui.sel);
     row._chip.className = 'chip st-' + st;
     row._chip.textContent = STATUS[st].label;
     // Panic mode routes to backends whose state says otherwise: say so.
@@ -444,7 +455,7 @@
     el.dId.textContent = e.id;
     el.dWhy.textContent = whyText(r);
     const rows = [
-      ['address', e.address], ['metrics port', e.metrics_port],
+      ['service', e.service], ['address', e.address], ['metrics port', e.metrics_port],
       ['weight', e.weight], ['in pool', e.routable ? (r.st === 'healthy' ? 'yes' : 'yes (panic mode)') : 'no'],
       ['last check', e.last_check ? ago(e.last_check) : 'never'], ['lease left', fmtDur(e.lease_expires_in_seconds)],
       ['in flight (LB)', e.in_flight], ['requests/s', fmtNum(r.rps)],
@@ -503,8 +514,9 @@
     const t0 = performance.now();
     try {
       const [regText, telText] = await Promise.all([
-        getText('/registry'),
+        getText(ui.svc ? '/registry?service=' + encodeURIComponent(ui.svc) : '/registry'),
         getText('/telemetry').catch(() => null),
+        getText('/services').then(fillServices).catch(() => null),
       ]);
       const t1 = performance.now();
       const reg = JSON.parse(regText);
@@ -544,6 +556,17 @@
     pollTimer = setTimeout(poll, pollDelay);
   }
 
+  // The service filter's choices, from GET /services.
+  function fillServices(text) {
+    const names = JSON.parse(text).map((s) => s.name);
+    const want = ['', ...names];
+    const have = Array.from(el.service.options).map((o) => o.value);
+    if (want.join('\n') !== have.join('\n')) {
+      el.service.replaceChildren(...want.map((n) => new Option(n || 'all services', n)));
+    }
+    el.service.value = ui.svc;
+  }
+
   // ---- controls and URL state ---------------------------------------------
   function readHash() {
     const p = new URLSearchParams(location.hash.slice(1));
@@ -551,6 +574,7 @@
     ui.q = p.get('q') || '';
     ui.sort = SORTS[p.get('sort')] ? p.get('sort') : 'trouble';
     ui.sel = p.get('id') || '';
+    ui.svc = p.get('service') || '';
     el.search.value = ui.q;
     el.sort.value = ui.sort;
     for (const b of el.filters.querySelectorAll('button')) b.classList.toggle('on', b.dataset.filter === ui.filter);
@@ -561,6 +585,7 @@
     if (ui.q) p.set('q', ui.q);
     if (ui.sort !== 'trouble') p.set('sort', ui.sort);
     if (ui.sel) p.set('id', ui.sel);
+    if (ui.svc) p.set('service', ui.svc);
     const h = p.toString();
     history.replaceState(null, '', h ? '#' + h : location.pathname + location.search);
   }
@@ -584,6 +609,12 @@
     searchTimer = setTimeout(() => { ui.q = el.search.value; el.viewport.scrollTop = 0; changed(); }, 80);
   });
   el.sort.addEventListener('change', () => { ui.sort = el.sort.value; changed(); });
+  el.service.addEventListener('change', () => {
+    ui.svc = el.service.value;
+    recs.clear();
+    writeHash();
+    poll();
+  });
   el.viewport.addEventListener('scroll', scheduleRows, { passive: true });
   window.addEventListener('resize', scheduleRows);
   el.dClose.addEventListener('click', () => select(''));

@@ -10,12 +10,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::ValueEnum;
 use ipnet::IpNet;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::limits::{ControlLimitArgs, ProxyLimitArgs};
 pub use crate::limits::{ControlLimits, ProxyLimits, VitalsLimits};
 
 /// A configuration problem, always naming the file, key or flag at fault.
@@ -33,6 +32,12 @@ pub enum ConfigError {
         field: &'static str,
         message: String,
     },
+    /// A route is refused; `route` names it (`routes[2] "api"`).
+    #[error("invalid {route}: {message}")]
+    Route { route: String, message: String },
+    /// A `services:` entry is refused.
+    #[error("invalid `services.{service}`: {message}")]
+    Service { service: String, message: String },
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
@@ -56,21 +61,57 @@ pub struct Config {
     pub registration: RegistrationConfig,
     /// Agent identity and vitals server.
     pub agent: AgentConfig,
+    /// Routing: which service a request goes to, by Host and path prefix.
+    /// The most specific match wins; reloaded from the file on change.
+    pub routes: Vec<RouteConfig>,
+    /// Per-service overrides of the LB's defaults, by service name.
+    pub services: std::collections::BTreeMap<String, ServiceConfig>,
+    /// The file this came from, watched for route changes (not a key).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// `discovery:` — read by the agent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, clap::Args)]
 #[serde(deny_unknown_fields, default)]
 pub struct DiscoveryConfig {
     /// LB control addresses (`host:port`); each is resolved through DNS on
     /// every announce and every address it resolves to is announced to.
+    #[arg(
+        id = "discovery.load_balancers",
+        required = false,
+        value_name = "LOAD_BALANCERS",
+        long = "discovery-lb",
+        env = "ROSTER_DISCOVERY_LB",
+        value_delimiter = ','
+    )]
     pub load_balancers: Vec<String>,
     /// Heartbeat period (humantime, e.g. "30s"); ±10% jitter is applied.
     #[serde(with = "humantime_serde")]
     #[schemars(schema_with = "duration_schema")]
+    #[arg(id = "discovery.announce_interval", required = false, value_name = "ANNOUNCE_INTERVAL", long = "announce-interval", env = "ROSTER_ANNOUNCE_INTERVAL", value_parser = parse_duration)]
     pub announce_interval: Duration,
     /// Port of the vitals server (`/metrics`, `/telemetry`).
+    #[arg(
+        id = "discovery.metrics_port",
+        required = false,
+        value_name = "METRICS_PORT",
+        long = "metrics-port",
+        env = "ROSTER_METRICS_PORT"
+    )]
     pub metrics_port: u16,
+    /// The service this backend serves, announced with every registration;
+    /// null = the LB's `lb.default_service`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[arg(
+        id = "discovery.service",
+        required = false,
+        value_name = "SERVICE",
+        long = "service",
+        env = "ROSTER_SERVICE"
+    )]
+    pub service: Option<String>,
 }
 
 impl Default for DiscoveryConfig {
@@ -79,33 +120,71 @@ impl Default for DiscoveryConfig {
             load_balancers: vec!["127.0.0.1:8080".into()],
             announce_interval: Duration::from_secs(30),
             metrics_port: 9090,
+            service: None,
         }
     }
 }
 
 /// `health_check:` — read by the LB.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, clap::Args)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthCheckConfig {
     /// Time between two checks of one backend.
     #[serde(with = "humantime_serde")]
     #[schemars(schema_with = "duration_schema")]
+    #[arg(id = "health_check.interval", required = false, value_name = "INTERVAL", long = "health-interval", env = "ROSTER_HEALTH_INTERVAL", value_parser = parse_duration)]
     pub interval: Duration,
     /// Time allowed for one check.
     #[serde(with = "humantime_serde")]
     #[schemars(schema_with = "duration_schema")]
+    #[arg(id = "health_check.timeout", required = false, value_name = "TIMEOUT", long = "health-timeout", env = "ROSTER_HEALTH_TIMEOUT", value_parser = parse_duration)]
     pub timeout: Duration,
     /// Path of the JSON vitals on the backend's metrics port.
+    #[arg(
+        id = "health_check.path",
+        required = false,
+        value_name = "PATH",
+        long = "health-path",
+        env = "ROSTER_HEALTH_PATH"
+    )]
     pub path: String,
     /// Consecutive failures before a backend leaves the pool.
+    #[arg(
+        id = "health_check.unhealthy_threshold",
+        required = false,
+        value_name = "UNHEALTHY_THRESHOLD",
+        long = "unhealthy-threshold",
+        env = "ROSTER_UNHEALTHY_THRESHOLD"
+    )]
     pub unhealthy_threshold: u32,
     /// Consecutive successes before it re-enters the pool.
+    #[arg(
+        id = "health_check.healthy_threshold",
+        required = false,
+        value_name = "HEALTHY_THRESHOLD",
+        long = "healthy-threshold",
+        env = "ROSTER_HEALTHY_THRESHOLD"
+    )]
     pub healthy_threshold: u32,
     /// Maximum number of checks in flight at once.
+    #[arg(
+        id = "health_check.concurrency",
+        required = false,
+        value_name = "CONCURRENCY",
+        long = "health-concurrency",
+        env = "ROSTER_HEALTH_CONCURRENCY"
+    )]
     pub concurrency: usize,
     /// Percent of registered, non-draining backends that must be healthy;
     /// below it the LB routes to every one that is not `ready:false`
     /// rather than overload the few left (panic mode). 0 disables.
+    #[arg(
+        id = "health_check.panic_threshold",
+        required = false,
+        value_name = "PANIC_THRESHOLD",
+        long = "panic-threshold",
+        env = "ROSTER_PANIC_THRESHOLD"
+    )]
     pub panic_threshold: f64,
 }
 
@@ -140,72 +219,151 @@ pub enum Algorithm {
 }
 
 /// `lb:` — the proxy and its control API.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, clap::Args)]
 #[serde(deny_unknown_fields, default)]
 pub struct LbConfig {
     /// Proxy (client traffic) listen address.
     #[schemars(with = "String")]
+    #[arg(
+        id = "lb.listen",
+        required = false,
+        value_name = "LISTEN",
+        long = "listen",
+        env = "ROSTER_LISTEN"
+    )]
     pub listen: SocketAddr,
     /// Control API listen address.
     #[schemars(with = "String")]
+    #[arg(
+        id = "lb.control_listen",
+        required = false,
+        value_name = "CONTROL_LISTEN",
+        long = "control-listen",
+        env = "ROSTER_CONTROL_LISTEN"
+    )]
     pub control_listen: SocketAddr,
     /// Proxy worker threads; null = number of cores.
+    #[arg(
+        id = "lb.threads",
+        required = false,
+        value_name = "THREADS",
+        long = "threads",
+        env = "ROSTER_THREADS"
+    )]
     pub threads: Option<usize>,
+    /// Backend selection algorithm.
+    #[arg(
+        id = "lb.algorithm",
+        required = false,
+        value_name = "ALGORITHM",
+        long = "algorithm",
+        env = "ROSTER_ALGORITHM"
+    )]
     pub algorithm: Algorithm,
     /// Request header whose value keys `consistent_hash`.
+    #[arg(
+        id = "lb.hash_header",
+        required = false,
+        value_name = "HASH_HEADER",
+        long = "hash-header",
+        env = "ROSTER_HASH_HEADER"
+    )]
     pub hash_header: String,
     /// Time given to in-flight requests on SIGTERM.
     #[serde(with = "humantime_serde")]
     #[schemars(schema_with = "duration_schema")]
+    #[arg(id = "lb.grace_period", required = false, value_name = "GRACE_PERIOD", long = "grace-period", env = "ROSTER_GRACE_PERIOD", value_parser = parse_duration)]
     pub grace_period: Duration,
     /// Time allowed to connect to a backend.
     #[serde(with = "humantime_serde")]
     #[schemars(schema_with = "duration_schema")]
+    #[arg(id = "lb.connect_timeout", required = false, value_name = "CONNECT_TIMEOUT", long = "connect-timeout", env = "ROSTER_CONNECT_TIMEOUT", value_parser = parse_duration)]
     pub connect_timeout: Duration,
     /// Time allowed between two reads from a backend.
     #[serde(with = "humantime_serde")]
     #[schemars(schema_with = "duration_schema")]
+    #[arg(id = "lb.read_timeout", required = false, value_name = "READ_TIMEOUT", long = "read-timeout", env = "ROSTER_READ_TIMEOUT", value_parser = parse_duration)]
     pub read_timeout: Duration,
     /// Idle upstream connections are closed after this long.
     #[serde(with = "humantime_serde")]
     #[schemars(schema_with = "duration_schema")]
+    #[arg(id = "lb.idle_timeout", required = false, value_name = "IDLE_TIMEOUT", long = "idle-timeout", env = "ROSTER_IDLE_TIMEOUT", value_parser = parse_duration)]
     pub idle_timeout: Duration,
     /// Idle upstream connections kept for reuse, across all backends. Round
     /// robin over N backends reuses connections only if this is ≥ N: the
     /// default covers 10,000 backends with room (bench part 2: 1,024 made
     /// one new connection per request at 10,000). An idle connection costs
     /// the LB ~5 KB and closes after `idle_timeout`.
+    #[arg(
+        id = "lb.keepalive_pool_size",
+        required = false,
+        value_name = "KEEPALIVE_POOL_SIZE",
+        long = "keepalive-pool-size",
+        env = "ROSTER_KEEPALIVE_POOL_SIZE"
+    )]
     pub keepalive_pool_size: usize,
     /// Other backends tried when connecting to the chosen one fails.
+    #[arg(
+        id = "lb.retries",
+        required = false,
+        value_name = "RETRIES",
+        long = "retries",
+        env = "ROSTER_RETRIES"
+    )]
     pub retries: usize,
     /// Also retry idempotent requests (GET, HEAD, PUT, DELETE, OPTIONS...)
     /// that failed after reaching a backend, as nginx does. Non-idempotent
     /// requests are never replayed.
+    #[arg(id = "lb.retry_idempotent", required = false, value_name = "RETRY_IDEMPOTENT", long = "retry-idempotent", env = "ROSTER_RETRY_IDEMPOTENT", action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub retry_idempotent: bool,
     /// Consecutive connect failures or 5xx answers that eject a backend
     /// from selection before its next health check; 0 disables.
+    #[arg(
+        id = "lb.eject_after",
+        required = false,
+        value_name = "EJECT_AFTER",
+        long = "eject-after",
+        env = "ROSTER_EJECT_AFTER"
+    )]
     pub eject_after: u32,
     /// First ejection length; doubles on each repeat, up to `max_ejection_time`.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
+    #[arg(id = "lb.ejection_time", required = false, value_name = "EJECTION_TIME", long = "ejection-time", env = "ROSTER_EJECTION_TIME", value_parser = parse_duration)]
     pub ejection_time: Duration,
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
+    #[arg(id = "lb.max_ejection_time", required = false, value_name = "MAX_EJECTION_TIME", long = "max-ejection-time", env = "ROSTER_MAX_EJECTION_TIME", value_parser = parse_duration)]
     pub max_ejection_time: Duration,
     /// After SIGTERM, keep accepting this long with `/readyz` at 503 so
     /// Kubernetes can take the LB out of its Services first.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
+    #[arg(id = "lb.shutdown_delay", required = false, value_name = "SHUTDOWN_DELAY", long = "shutdown-delay", env = "ROSTER_SHUTDOWN_DELAY", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
     /// After start, `/readyz` says 503 until this long has passed or the
     /// registry has stabilized (every entry checked, no newcomer for two
     /// health intervals), so clients are not sent to an LB still refilling.
     #[serde(with = "humantime_serde")]
     #[schemars(schema_with = "duration_schema")]
+    #[arg(id = "lb.warmup", required = false, value_name = "WARMUP", long = "warmup", env = "ROSTER_WARMUP", value_parser = parse_duration)]
     pub warmup: Duration,
+    /// Service of registrations that name none, and of requests no route
+    /// matches; "" = none (such registrations are refused, such requests
+    /// get 404 `{"error": "no route"}`).
+    #[arg(
+        id = "lb.default_service",
+        required = false,
+        value_name = "DEFAULT_SERVICE",
+        long = "default-service",
+        env = "ROSTER_DEFAULT_SERVICE"
+    )]
+    pub default_service: String,
     /// Bounds on the proxy port's client connections.
+    #[command(flatten)]
     pub proxy_limits: ProxyLimits,
     /// Bounds on the control API's connections.
+    #[command(flatten)]
     pub control_limits: ControlLimits,
 }
 
@@ -229,6 +387,7 @@ impl Default for LbConfig {
             max_ejection_time: Duration::from_secs(300),
             shutdown_delay: Duration::ZERO,
             warmup: Duration::from_secs(30),
+            default_service: "default".into(),
             proxy_limits: ProxyLimits::default(),
             control_limits: ControlLimits::default(),
         }
@@ -236,30 +395,76 @@ impl Default for LbConfig {
 }
 
 /// `registration:` — who may register what.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, clap::Args)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistrationConfig {
     /// An entry not renewed within this time leaves the registry.
     #[serde(with = "humantime_serde")]
     #[schemars(schema_with = "duration_schema")]
+    #[arg(id = "registration.lease_ttl", required = false, value_name = "LEASE_TTL", long = "lease-ttl", env = "ROSTER_LEASE_TTL", value_parser = parse_duration)]
     pub lease_ttl: Duration,
     /// File holding the bearer token agents must send; null = open.
+    #[arg(
+        id = "registration.token_file",
+        required = false,
+        value_name = "TOKEN_FILE",
+        long = "token-file",
+        env = "ROSTER_TOKEN_FILE"
+    )]
     pub token_file: Option<PathBuf>,
     /// CIDRs a registered address must fall in.
+    #[arg(
+        id = "registration.allowed_networks",
+        required = false,
+        value_name = "ALLOWED_NETWORKS",
+        long = "allowed-networks",
+        env = "ROSTER_ALLOWED_NETWORKS",
+        value_delimiter = ','
+    )]
     pub allowed_networks: Vec<String>,
     /// Registrations beyond this many distinct ids get 429 (≤ 65535).
+    #[arg(
+        id = "registration.max_backends",
+        required = false,
+        value_name = "MAX_BACKENDS",
+        long = "max-backends",
+        env = "ROSTER_MAX_BACKENDS"
+    )]
     pub max_backends: usize,
     /// Require the token (or a Kubernetes identity) for `/backends`,
     /// `/registry`, `/telemetry` and the dashboard too.
+    #[arg(id = "registration.protect_reads", required = false, value_name = "PROTECT_READS", long = "protect-reads", env = "ROSTER_PROTECT_READS", action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub protect_reads: bool,
     /// Validate agents' projected ServiceAccount tokens with a TokenReview
     /// and accept only the registering pod's own IP.
+    #[arg(id = "registration.kubernetes_auth", required = false, value_name = "KUBERNETES_AUTH", long = "kubernetes-auth", env = "ROSTER_KUBERNETES_AUTH", action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub kubernetes_auth: bool,
     /// Audience the ServiceAccount tokens must be issued for.
+    #[arg(
+        id = "registration.token_audience",
+        required = false,
+        value_name = "TOKEN_AUDIENCE",
+        long = "token-audience",
+        env = "ROSTER_TOKEN_AUDIENCE"
+    )]
     pub token_audience: String,
     /// Control API requests per second per source IP; 0 = unlimited.
+    #[arg(
+        id = "registration.rate_limit",
+        required = false,
+        value_name = "RATE_LIMIT",
+        long = "rate-limit",
+        env = "ROSTER_RATE_LIMIT"
+    )]
     pub rate_limit: u32,
     /// Burst above `rate_limit` a source may send at once.
+    #[arg(
+        id = "registration.rate_limit_burst",
+        required = false,
+        value_name = "RATE_LIMIT_BURST",
+        long = "rate-limit-burst",
+        env = "ROSTER_RATE_LIMIT_BURST"
+    )]
     pub rate_limit_burst: u32,
 }
 
@@ -298,36 +503,94 @@ impl RegistrationConfig {
 }
 
 /// `agent:` — the agent's identity and vitals server.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, clap::Args)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
     /// Backend id; default `$POD_NAME`, else the hostname.
+    #[arg(
+        id = "agent.id",
+        required = false,
+        value_name = "ID",
+        long = "id",
+        env = "ROSTER_ID"
+    )]
     pub id: Option<String>,
     /// Address announced for traffic; default `$POD_IP:$ROSTER_APP_PORT`.
+    #[arg(
+        id = "agent.address",
+        required = false,
+        value_name = "ADDRESS",
+        long = "address",
+        env = "ROSTER_ADDRESS"
+    )]
     pub address: Option<String>,
     /// Address the vitals server binds (on `discovery.metrics_port`).
+    #[arg(
+        id = "agent.metrics_listen",
+        required = false,
+        value_name = "METRICS_LISTEN",
+        long = "metrics-listen",
+        env = "ROSTER_METRICS_LISTEN"
+    )]
     pub metrics_listen: String,
     /// File holding the bearer token sent to the LBs; re-read on every
     /// announce and deregistration.
+    #[arg(
+        id = "agent.token_file",
+        required = false,
+        value_name = "TOKEN_FILE",
+        long = "token-file",
+        env = "ROSTER_TOKEN_FILE"
+    )]
     pub token_file: Option<PathBuf>,
     /// The app's port: the default address is `$POD_IP:<app_port>`.
+    #[arg(
+        id = "agent.app_port",
+        required = false,
+        value_name = "APP_PORT",
+        long = "app-port",
+        env = "ROSTER_APP_PORT"
+    )]
     pub app_port: Option<u16>,
     /// How `ready` is decided: `http://127.0.0.1:3000/healthz` (2xx),
     /// `tcp:3000` or `tcp:HOST:PORT` (connect), `none` (always);
     /// null = TCP connect to `address`.
+    #[arg(
+        id = "agent.app_health",
+        required = false,
+        value_name = "APP_HEALTH",
+        long = "app-health",
+        env = "ROSTER_APP_HEALTH"
+    )]
     pub app_health: Option<String>,
     /// URL of a JSON document in the vitals' shape that the app serves; the
     /// fields it has are merged into the agent's vitals.
+    #[arg(
+        id = "agent.app_vitals",
+        required = false,
+        value_name = "APP_VITALS",
+        long = "app-vitals",
+        env = "ROSTER_APP_VITALS"
+    )]
     pub app_vitals: Option<String>,
     /// Longest time a drain (SIGTERM, `roster agent drain`) lasts before the
     /// agent exits; it exits sooner once every LB confirmed the removal and
     /// not-ready has been served for one `health_check.interval`.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
+    #[arg(id = "agent.drain_period", required = false, value_name = "DRAIN_PERIOD", long = "drain-period", env = "ROSTER_DRAIN_PERIOD", value_parser = parse_duration)]
     pub drain_period: Duration,
     /// Where `cpu_usage` and `memory_usage` come from.
+    #[arg(
+        id = "agent.resources",
+        required = false,
+        value_name = "RESOURCES",
+        long = "resources",
+        env = "ROSTER_RESOURCES"
+    )]
     pub resources: ResourceMode,
     /// Bounds on the vitals port's connections.
+    #[command(flatten)]
     pub vitals_limits: VitalsLimits,
 }
 
@@ -439,6 +702,14 @@ impl Config {
             return Err(invalid("registration.max_backends", "must be 1..=65535"));
         }
         self.registration.networks()?;
+        if !self.lb.default_service.is_empty() {
+            crate::registry::validate_name(
+                crate::registry::Field::Service,
+                &self.lb.default_service,
+            )
+            .map_err(|e| invalid("lb.default_service", e.to_string()))?;
+        }
+        services::validate(self)?;
         crate::limits::validate("lb.proxy_limits", &self.lb.proxy_limits.get())?;
         crate::limits::validate("lb.control_limits", &self.lb.control_limits.get())?;
         Ok(())
@@ -462,300 +733,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
 }
 
-/// Flags shared by every subcommand that reads the config file.
-#[derive(Debug, Clone, Default, Args)]
-pub struct ConfigArgs {
-    /// YAML config file.
-    #[arg(long, env = "ROSTER_CONFIG")]
-    pub config: Option<PathBuf>,
-}
-
-/// `roster lb` flags. Each overrides the file's key of the same meaning.
-#[derive(Debug, Clone, Default, Args)]
-pub struct LbArgs {
-    #[command(flatten)]
-    pub file: ConfigArgs,
-    /// Proxy listen address (lb.listen).
-    #[arg(long, env = "ROSTER_LISTEN")]
-    pub listen: Option<SocketAddr>,
-    /// Control API listen address (lb.control_listen).
-    #[arg(long, env = "ROSTER_CONTROL_LISTEN")]
-    pub control_listen: Option<SocketAddr>,
-    /// Proxy worker threads (lb.threads).
-    #[arg(long, env = "ROSTER_THREADS")]
-    pub threads: Option<usize>,
-    /// Selection algorithm (lb.algorithm).
-    #[arg(long, env = "ROSTER_ALGORITHM")]
-    pub algorithm: Option<Algorithm>,
-    /// Header keying consistent_hash (lb.hash_header).
-    #[arg(long, env = "ROSTER_HASH_HEADER")]
-    pub hash_header: Option<String>,
-    /// Shutdown grace period (lb.grace_period).
-    #[arg(long, env = "ROSTER_GRACE_PERIOD", value_parser = parse_duration)]
-    pub grace_period: Option<Duration>,
-    /// Backend connect timeout (lb.connect_timeout).
-    #[arg(long, env = "ROSTER_CONNECT_TIMEOUT", value_parser = parse_duration)]
-    pub connect_timeout: Option<Duration>,
-    /// Backend read timeout (lb.read_timeout).
-    #[arg(long, env = "ROSTER_READ_TIMEOUT", value_parser = parse_duration)]
-    pub read_timeout: Option<Duration>,
-    /// Upstream idle timeout (lb.idle_timeout).
-    #[arg(long, env = "ROSTER_IDLE_TIMEOUT", value_parser = parse_duration)]
-    pub idle_timeout: Option<Duration>,
-    /// Idle upstream connections kept (lb.keepalive_pool_size).
-    #[arg(long, env = "ROSTER_KEEPALIVE_POOL_SIZE")]
-    pub keepalive_pool_size: Option<usize>,
-    /// Retries on other backends after a connect failure (lb.retries).
-    #[arg(long, env = "ROSTER_RETRIES")]
-    pub retries: Option<usize>,
-    /// Retry failed idempotent requests elsewhere (lb.retry_idempotent).
-    #[arg(long, env = "ROSTER_RETRY_IDEMPOTENT", num_args = 0..=1, default_missing_value = "true")]
-    pub retry_idempotent: Option<bool>,
-    /// Failures that eject a backend, 0 = off (lb.eject_after).
-    #[arg(long, env = "ROSTER_EJECT_AFTER")]
-    pub eject_after: Option<u32>,
-    /// First ejection length (lb.ejection_time).
-    #[arg(long, env = "ROSTER_EJECTION_TIME", value_parser = parse_duration)]
-    pub ejection_time: Option<Duration>,
-    /// Longest ejection (lb.max_ejection_time).
-    #[arg(long, env = "ROSTER_MAX_EJECTION_TIME", value_parser = parse_duration)]
-    pub max_ejection_time: Option<Duration>,
-    /// Keep accepting after SIGTERM (lb.shutdown_delay).
-    #[arg(long, env = "ROSTER_SHUTDOWN_DELAY", value_parser = parse_duration)]
-    pub shutdown_delay: Option<Duration>,
-    /// Healthy percent below which panic mode starts, 0 = off (health_check.panic_threshold).
-    #[arg(long, env = "ROSTER_PANIC_THRESHOLD")]
-    pub panic_threshold: Option<f64>,
-    /// Readiness warm-up after start (lb.warmup).
-    #[arg(long, env = "ROSTER_WARMUP", value_parser = parse_duration)]
-    pub warmup: Option<Duration>,
-    /// Check period (health_check.interval).
-    #[arg(long, env = "ROSTER_HEALTH_INTERVAL", value_parser = parse_duration)]
-    pub health_interval: Option<Duration>,
-    /// Check timeout (health_check.timeout).
-    #[arg(long, env = "ROSTER_HEALTH_TIMEOUT", value_parser = parse_duration)]
-    pub health_timeout: Option<Duration>,
-    /// Vitals path (health_check.path).
-    #[arg(long, env = "ROSTER_HEALTH_PATH")]
-    pub health_path: Option<String>,
-    /// Failures before leaving the pool (health_check.unhealthy_threshold).
-    #[arg(long, env = "ROSTER_UNHEALTHY_THRESHOLD")]
-    pub unhealthy_threshold: Option<u32>,
-    /// Successes before re-entering (health_check.healthy_threshold).
-    #[arg(long, env = "ROSTER_HEALTHY_THRESHOLD")]
-    pub healthy_threshold: Option<u32>,
-    /// Checks in flight at once (health_check.concurrency).
-    #[arg(long, env = "ROSTER_HEALTH_CONCURRENCY")]
-    pub health_concurrency: Option<usize>,
-    /// Lease length (registration.lease_ttl).
-    #[arg(long, env = "ROSTER_LEASE_TTL", value_parser = parse_duration)]
-    pub lease_ttl: Option<Duration>,
-    /// Bearer token file agents must present (registration.token_file).
-    #[arg(long, env = "ROSTER_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
-    /// Comma-separated CIDRs (registration.allowed_networks).
-    #[arg(long, env = "ROSTER_ALLOWED_NETWORKS", value_delimiter = ',')]
-    pub allowed_networks: Option<Vec<String>>,
-    /// Registry size cap (registration.max_backends).
-    #[arg(long, env = "ROSTER_MAX_BACKENDS")]
-    pub max_backends: Option<usize>,
-    /// Protect reads with the token too (registration.protect_reads).
-    #[arg(long, env = "ROSTER_PROTECT_READS", num_args = 0..=1, default_missing_value = "true")]
-    pub protect_reads: Option<bool>,
-    /// Validate ServiceAccount tokens by TokenReview (registration.kubernetes_auth).
-    #[arg(long, env = "ROSTER_KUBERNETES_AUTH", num_args = 0..=1, default_missing_value = "true")]
-    pub kubernetes_auth: Option<bool>,
-    /// Requests/s per source IP on the control API, 0 = off (registration.rate_limit).
-    #[arg(long, env = "ROSTER_RATE_LIMIT")]
-    pub rate_limit: Option<u32>,
-    /// Burst per source IP (registration.rate_limit_burst).
-    #[arg(long, env = "ROSTER_RATE_LIMIT_BURST")]
-    pub rate_limit_burst: Option<u32>,
-    #[command(flatten)]
-    pub proxy_limits: ProxyLimitArgs,
-    #[command(flatten)]
-    pub control_limits: ControlLimitArgs,
-    /// Print the merged configuration as YAML and exit.
-    #[arg(long)]
-    pub print_config: bool,
-}
-
-macro_rules! set {
-    ($dst:expr, $src:expr) => {
-        if let Some(v) = $src.clone() {
-            $dst = v;
-        }
-    };
-}
-
-impl LbArgs {
-    /// File (or defaults), then flags/env on top, then validation.
-    pub fn resolve(&self) -> Result<Config, ConfigError> {
-        let mut c = Config::load(self.file.config.as_deref())?;
-        self.apply(&mut c);
-        c.validate_lb()?;
-        Ok(c)
-    }
-
-    /// Overlay every flag or env var that was given.
-    pub fn apply(&self, c: &mut Config) {
-        set!(c.lb.listen, self.listen);
-        set!(c.lb.control_listen, self.control_listen);
-        if self.threads.is_some() {
-            c.lb.threads = self.threads;
-        }
-        set!(c.lb.algorithm, self.algorithm);
-        set!(c.lb.hash_header, self.hash_header);
-        set!(c.lb.grace_period, self.grace_period);
-        set!(c.lb.connect_timeout, self.connect_timeout);
-        set!(c.lb.read_timeout, self.read_timeout);
-        set!(c.lb.idle_timeout, self.idle_timeout);
-        set!(c.lb.retries, self.retries);
-        set!(c.lb.keepalive_pool_size, self.keepalive_pool_size);
-        set!(c.lb.warmup, self.warmup);
-        set!(c.lb.retry_idempotent, self.retry_idempotent);
-        set!(c.lb.eject_after, self.eject_after);
-        set!(c.lb.ejection_time, self.ejection_time);
-        set!(c.lb.max_ejection_time, self.max_ejection_time);
-        set!(c.lb.shutdown_delay, self.shutdown_delay);
-        set!(c.health_check.panic_threshold, self.panic_threshold);
-        set!(c.health_check.interval, self.health_interval);
-        set!(c.health_check.timeout, self.health_timeout);
-        set!(c.health_check.path, self.health_path);
-        set!(c.health_check.unhealthy_threshold, self.unhealthy_threshold);
-        set!(c.health_check.healthy_threshold, self.healthy_threshold);
-        set!(c.health_check.concurrency, self.health_concurrency);
-        set!(c.registration.lease_ttl, self.lease_ttl);
-        if self.token_file.is_some() {
-            c.registration.token_file = self.token_file.clone();
-        }
-        set!(c.registration.allowed_networks, self.allowed_networks);
-        set!(c.registration.max_backends, self.max_backends);
-        set!(c.registration.protect_reads, self.protect_reads);
-        set!(c.registration.kubernetes_auth, self.kubernetes_auth);
-        set!(c.registration.rate_limit, self.rate_limit);
-        set!(c.registration.rate_limit_burst, self.rate_limit_burst);
-        self.proxy_limits.apply(&mut c.lb.proxy_limits);
-        self.control_limits.apply(&mut c.lb.control_limits);
-    }
-}
-
+mod args;
+mod services;
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
+mod tests;
 
-    const SEED: &str = r#"
-# For backends
-discovery:
-  load_balancers: ["lb1:8080", "lb2:8080"]
-  announce_interval: "30s"
-  metrics_port: 9090
-
-# For load balancers  
-health_check:
-  interval: "5s"
-  timeout: "2s"
-  path: "/metrics"
-"#;
-
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::from_yaml(text, Path::new("test.yaml"))
-    }
-
-    #[test]
-    fn seed_yaml_parses_verbatim() {
-        let c = parse(SEED).expect("seed config");
-        assert_eq!(c.discovery.load_balancers, ["lb1:8080", "lb2:8080"]);
-        assert_eq!(c.discovery.announce_interval, Duration::from_secs(30));
-        assert_eq!(c.discovery.metrics_port, 9090);
-        assert_eq!(c.health_check.interval, Duration::from_secs(5));
-        assert_eq!(c.health_check.timeout, Duration::from_secs(2));
-        assert_eq!(c.health_check.path, "/metrics");
-        assert_eq!(c.health_check.unhealthy_threshold, 2);
-        c.validate_lb().expect("valid");
-    }
-
-    #[test]
-    fn spec_keys_parse() {
-        let c = parse(
-            "lb:\n  listen: \"127.0.0.1:9000\"\n  threads: 2\n  algorithm: least_loaded\n  grace_period: 10s\n\
-             registration:\n  lease_ttl: 1m\n  max_backends: 5\n  allowed_networks: [\"127.0.0.0/8\"]\n\
-             agent:\n  id: b1\n  metrics_listen: 127.0.0.2\n",
-        )
-        .expect("spec keys");
-        assert_eq!(c.lb.listen, "127.0.0.1:9000".parse().unwrap());
-        assert_eq!(c.lb.threads, Some(2));
-        assert_eq!(c.lb.algorithm, Algorithm::LeastLoaded);
-        assert_eq!(c.registration.lease_ttl, Duration::from_secs(60));
-        assert_eq!(c.agent.id.as_deref(), Some("b1"));
-        c.validate_lb().expect("valid");
-    }
-
-    #[test]
-    fn unknown_key_is_named() {
-        let err = parse("health_check:\n  intervall: 5s\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("intervall"), "{err}");
-        let err = parse("bogus: 1\n").unwrap_err().to_string();
-        assert!(err.contains("bogus"), "{err}");
-    }
-
-    #[test]
-    fn bad_duration_is_named() {
-        let err = parse("health_check:\n  interval: fast\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("health_check") && err.contains("interval"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn range_errors_name_the_key() {
-        let mut c = Config::default();
-        c.health_check.unhealthy_threshold = 0;
-        let err = c.validate_lb().unwrap_err().to_string();
-        assert!(err.contains("health_check.unhealthy_threshold"), "{err}");
-        let mut c = Config::default();
-        c.registration.allowed_networks = vec!["10.0.0.0/33".into()];
-        let err = c.validate_lb().unwrap_err().to_string();
-        assert!(err.contains("allowed_networks"), "{err}");
-    }
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        lb: LbArgs,
-    }
-
-    #[test]
-    fn precedence_flag_over_file_over_default() {
-        // Env sits between the two; tests/config.rs checks it on the binary.
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.yaml");
-        std::fs::write(&path, "health_check:\n  interval: 7s\n  path: /file\n").unwrap();
-        let cli = Cli::try_parse_from([
-            "x",
-            "--config",
-            path.to_str().unwrap(),
-            "--health-path",
-            "/flag",
-        ])
-        .unwrap();
-        let c = cli.lb.resolve().unwrap();
-        assert_eq!(c.health_check.path, "/flag");
-        assert_eq!(c.health_check.interval, Duration::from_secs(7));
-        assert_eq!(c.health_check.unhealthy_threshold, 2);
-    }
-
-    #[test]
-    fn schema_names_seed_keys() {
-        let schema = serde_json::to_string(&schemars::schema_for!(Config)).unwrap();
-        for key in ["load_balancers", "announce_interval", "unhealthy_threshold"] {
-            assert!(schema.contains(key), "{key}");
-        }
-    }
-}
+pub use args::{AgentSections, ConfigArgs, LbArgs, LbSections, Overlay, Sections};
+pub use services::{RouteConfig, ServiceCheckConfig, ServiceConfig, ServiceSettings};

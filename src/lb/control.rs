@@ -1,0 +1,272 @@
+//! The LB's control plane as one pingora background service: the control
+//! API, the per-service publisher, the sweeper (leases, ejections,
+//! drains), the routes watcher, and the graceful drain on SIGTERM.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use pingora::server::{ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::BackgroundService;
+
+use super::State;
+use super::routes::RouteTable;
+use crate::config::Config;
+use crate::registry::Change;
+use crate::telemetry::BackendRequests;
+
+pub(super) struct Control {
+    state: Arc<State>,
+    /// Bound before the server starts so a busy port fails `roster lb` at once.
+    listener: Mutex<Option<std::net::TcpListener>>,
+    /// Told when the drain is over, so `lb::run` returns before pingora's
+    /// full grace period when nothing is in flight.
+    done: Mutex<Sender<()>>,
+}
+
+impl Control {
+    pub fn new(state: Arc<State>, listener: std::net::TcpListener, done: Sender<()>) -> Self {
+        Self {
+            state,
+            listener: Mutex::new(Some(listener)),
+            done: Mutex::new(done),
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Control {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let st = Arc::clone(&self.state);
+        // Subscribe before anything registers, so no removal is missed.
+        tokio::spawn(Arc::clone(&st).publish_loop(st.registry.subscribe()));
+        tokio::spawn(Arc::clone(&st).sweep_loop());
+        tokio::spawn(Arc::clone(&st.health).run());
+        if let Some(path) = st.config.source.clone() {
+            tokio::spawn(Arc::clone(&st).watch_routes(path));
+        }
+        let Some(listener) = self.listener.lock().take() else {
+            return;
+        };
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "control listener");
+                let _ = self.done.lock().send(());
+                return;
+            }
+        };
+        let serve = crate::serve::serve(
+            crate::serve::Listener {
+                listener,
+                table: Arc::clone(&st.control_conns),
+                max_body: super::api::MAX_BODY_BYTES,
+                tls: None,
+                info: crate::serve::remote,
+            },
+            super::api::router(Arc::clone(&st)),
+            std::future::pending::<()>(),
+            Duration::ZERO,
+        );
+        // The API keeps answering through the grace period (readyz says 503)
+        // and stops with the runtime.
+        let drain = async {
+            let _ = shutdown.changed().await;
+            st.drain().await;
+            let _ = self.done.lock().send(());
+        };
+        tokio::select! {
+            _ = serve => tracing::error!("control API stopped"),
+            _ = drain => {}
+        }
+    }
+}
+
+impl State {
+    /// After pingora stopped accepting: wait for in-flight requests, at
+    /// most the grace period (pingora sleeps all of it; end sooner once idle).
+    async fn drain(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        tracing::info!("stopped accepting: draining in-flight requests");
+        let deadline = Instant::now() + self.config.lb.grace_period;
+        while Instant::now() < deadline {
+            if self.active_requests.load(Ordering::Relaxed) == 0 {
+                tracing::info!("no request in flight: exiting");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        std::future::pending::<()>().await
+    }
+
+    /// Republish each service whose routable set changed and rebuild its
+    /// selector. A rebuild is O(that service); to keep a burst of changes
+    /// (10,000 backends joining at once) from turning into O(pool²) work,
+    /// the next round waits ten times as long as the last one took (capped
+    /// at 250 ms), and every change made meanwhile rides along.
+    async fn publish_loop(
+        self: Arc<Self>,
+        mut changes: tokio::sync::mpsc::UnboundedReceiver<Change>,
+    ) {
+        loop {
+            let dirty = self.registry.wait_dirty().await;
+            let started = Instant::now();
+            for service in &dirty {
+                let Some(p) = self
+                    .pools
+                    .publish(&self.registry, &self.config, service)
+                    .await
+                else {
+                    continue;
+                };
+                if let Some(panic) = p.panic_flip {
+                    log_panic(service, panic, p.pool.slot.routable().addresses.len());
+                }
+            }
+            self.forget_removed(&mut changes);
+            let cost = started.elapsed();
+            tracing::debug!(services = dirty.len(), ?cost, "routable sets published");
+            tokio::time::sleep((cost * 10).min(Duration::from_millis(250))).await;
+        }
+    }
+
+    /// Series of backends that left: cardinality follows the pool (a
+    /// successor on the same address keeps them).
+    fn forget_removed(&self, changes: &mut tokio::sync::mpsc::UnboundedReceiver<Change>) {
+        let requests = &self.metrics.requests;
+        while let Ok(c) = changes.try_recv() {
+            if let Change::Removed(u) = c
+                && !self.registry.holds(&u.service, &u.addr)
+            {
+                BackendRequests::forget(requests, &u.service, &u.label);
+            }
+        }
+    }
+
+    /// Leases, ejections and drains, on a short tick.
+    async fn sweep_loop(self: Arc<Self>) {
+        let period = (self.config.registration.lease_ttl / 10)
+            .clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_housekeeping = Instant::now();
+        loop {
+            tick.tick().await;
+            if last_housekeeping.elapsed() >= Duration::from_secs(60) {
+                self.auth.housekeeping();
+                last_housekeeping = Instant::now();
+            }
+            let now = Instant::now();
+            for id in self.registry.release_ejections(now) {
+                tracing::info!(%id, "ejection over: back in selection");
+            }
+            for id in self
+                .registry
+                .finish_drains(now, self.config.lb.grace_period)
+            {
+                tracing::info!(%id, "drained: removed");
+            }
+            for id in self.registry.expire(now) {
+                tracing::warn!(%id, "lease expired: removed");
+                self.metrics
+                    .deregistrations
+                    .with_label_values(&["expired"])
+                    .inc();
+            }
+        }
+    }
+
+    /// Reload `routes:` when the config file changes (a ConfigMap update
+    /// swaps a symlink, so the content is compared, not the mtime). A bad
+    /// file keeps the routes in force and says why, naming the route.
+    async fn watch_routes(self: Arc<Self>, path: PathBuf) {
+        let mut last = tokio::fs::read(&path).await.ok();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Ok(text) = tokio::fs::read(&path).await else {
+                continue;
+            };
+            if last.as_ref() == Some(&text) {
+                continue;
+            }
+            last = Some(text.clone());
+            match compile_routes(&path, &text) {
+                Ok(routes) => {
+                    tracing::info!(path = %path.display(), routes = routes.view().routes.len(), "routes reloaded");
+                    self.set_routes(routes);
+                    *self.route_error.lock() = None;
+                    self.metrics.reloads.with_label_values(&["ok"]).inc();
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "routes not reloaded: keeping the ones in force");
+                    *self.route_error.lock() = Some(e.to_string());
+                    self.metrics.reloads.with_label_values(&["refused"]).inc();
+                }
+            }
+        }
+    }
+}
+
+/// The routes of a config file's new text.
+fn compile_routes(path: &std::path::Path, text: &[u8]) -> Result<RouteTable, crate::Error> {
+    let text = String::from_utf8_lossy(text);
+    let config = Config::from_yaml(&text, path)?;
+    Ok(RouteTable::build(
+        &config.routes,
+        &config.lb.default_service,
+    )?)
+}
+
+fn log_panic(service: &str, panic: bool, routing_to: usize) {
+    if panic {
+        tracing::error!(
+            %service,
+            routing_to,
+            "PANIC MODE: too few healthy backends, routing to every verified ready one"
+        );
+    } else {
+        tracing::warn!(%service, "panic mode over");
+    }
+}
+
+/// SIGTERM: `/readyz` goes 503 at once; after `lb.shutdown_delay` pingora
+/// stops accepting and drains. SIGINT: fast shutdown.
+pub(super) struct Signals {
+    state: Arc<State>,
+}
+
+impl Signals {
+    pub fn new(state: Arc<State>) -> Self {
+        Self { state }
+    }
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {
+                self.state.shutting_down.store(true, Ordering::Relaxed);
+                let delay = self.state.config.lb.shutdown_delay;
+                tracing::info!(delay = ?delay, "SIGTERM: readyz now 503; still accepting for shutdown_delay");
+                tokio::time::sleep(delay).await;
+                ShutdownSignal::GracefulTerminate
+            }
+            _ = int.recv() => ShutdownSignal::FastShutdown,
+        }
+    }
+}

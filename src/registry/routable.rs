@@ -1,0 +1,135 @@
+//! What the request path reads: per-backend counters ([`Upstream`]) and a
+//! service's routable set ([`Routable`]), published whole on every change.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::Hasher;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use pingora::lb::Backend;
+
+/// Per-backend counters on the request path, shared by every snapshot that
+/// contains the backend.
+#[derive(Debug)]
+pub struct Upstream {
+    pub id: String,
+    pub service: Arc<str>,
+    pub addr: SocketAddr,
+    /// Address as a metric label, formatted once.
+    pub label: String,
+    /// Requests this LB has in flight to the backend.
+    pub in_flight: AtomicU64,
+    /// Load the backend reported in its vitals (requests + backoff).
+    pub reported_load: AtomicU64,
+    /// Consecutive failures seen on live traffic (connect errors, 5xx).
+    pub failures: AtomicU32,
+    /// This backend's request counters.
+    pub requests: crate::telemetry::BackendRequests,
+    /// Set the moment the entry leaves or says not ready, before the next
+    /// publication: the request path skips it at once (read-your-writes for
+    /// DELETE, expiry and `ready: false`) while rebuilds stay coalesced.
+    withdrawn: AtomicBool,
+}
+
+impl Upstream {
+    pub fn new(service: &Arc<str>, id: &str, addr: SocketAddr) -> Self {
+        Self {
+            id: id.into(),
+            service: Arc::clone(service),
+            addr,
+            label: addr.to_string(),
+            in_flight: AtomicU64::new(0),
+            reported_load: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
+            requests: Default::default(),
+            withdrawn: AtomicBool::new(false),
+        }
+    }
+
+    /// Still in the registry and not withdrawn since the last publication.
+    pub fn live(&self) -> bool {
+        !self.withdrawn.load(Ordering::Acquire)
+    }
+
+    pub(super) fn withdraw(&self, yes: bool) {
+        self.withdrawn.store(yes, Ordering::Release);
+    }
+}
+
+/// One service's routable set, published whole on every change.
+#[derive(Debug, Default)]
+pub struct Routable {
+    /// pingora's view of the pool, fed through `ServiceDiscovery`.
+    pub backends: BTreeSet<Backend>,
+    /// Request-path lookup from a selected address to its counters.
+    pub upstreams: HashMap<SocketAddr, Arc<Upstream>>,
+    /// Sorted addresses, the seed's `/backends` answer as published (see
+    /// [`Routable::live`] for what is routable now).
+    pub addresses: Vec<String>,
+    /// The upstreams of `addresses`, in the same order.
+    members: Vec<Arc<Upstream>>,
+    /// FNV-1a of the sorted addresses, 32 bits so it is exact as a gauge.
+    pub digest: u32,
+    /// Too few healthy backends: routing to every verified, ready one.
+    pub panic: bool,
+}
+
+impl Routable {
+    /// Build from the chosen upstreams and their weights.
+    pub(super) fn build(chosen: Vec<(Arc<Upstream>, u32)>, panic: bool) -> Self {
+        let mut r = Self {
+            panic,
+            ..Self::default()
+        };
+        let mut members = Vec::with_capacity(chosen.len());
+        for (u, weight) in chosen {
+            r.backends.insert(Backend {
+                addr: pingora::protocols::l4::socket::SocketAddr::Inet(u.addr),
+                weight: weight as usize,
+                ext: Default::default(),
+            });
+            r.upstreams.insert(u.addr, Arc::clone(&u));
+            members.push(u);
+        }
+        members.sort_unstable_by_key(|u| u.addr);
+        r.addresses = members.iter().map(|u| u.label.clone()).collect();
+        r.members = members;
+        r.digest = digest(r.addresses.iter().map(String::as_str));
+        r
+    }
+
+    /// The addresses traffic goes to now and their digest: the published
+    /// set minus what was withdrawn since (O(n); reads only).
+    pub fn live(&self) -> (Vec<&str>, u32) {
+        let live: Vec<&str> = self
+            .addresses
+            .iter()
+            .zip(&self.members)
+            .filter(|(_, u)| u.live())
+            .map(|(a, _)| a.as_str())
+            .collect();
+        let digest = if live.len() == self.addresses.len() {
+            self.digest
+        } else {
+            digest(live.iter().copied())
+        };
+        (live, digest)
+    }
+
+    /// Whether `addr` may be picked now.
+    pub fn usable(&self, addr: &SocketAddr) -> Option<&Arc<Upstream>> {
+        self.upstreams.get(addr).filter(|u| u.live())
+    }
+}
+
+/// FNV-1a of sorted addresses, folded to 32 bits so it is exact as a gauge.
+pub fn digest<'a>(sorted: impl Iterator<Item = &'a str>) -> u32 {
+    let mut h = fnv::FnvHasher::default();
+    for a in sorted {
+        h.write(a.as_bytes());
+        h.write_u8(b'\n');
+    }
+    let full = h.finish();
+    (full ^ (full >> 32)) as u32
+}
