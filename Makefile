@@ -23,6 +23,8 @@ test: setup lint test-rust test-kit test-ui
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) machete
+	python3 scripts/check-size.py
 
 test-rust:
 	$(CARGO) test --all-targets

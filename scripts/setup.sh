@@ -21,6 +21,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# `make lint`'s unused-dependency check.
+command -v cargo-machete >/dev/null || cargo install --locked --quiet cargo-machete
+
 for what in "$@"; do
   if [ "$what" = kit ]; then
     if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import helm_python, kubernetes_validate, jsonpatch, yaml' 2>/dev/null; then

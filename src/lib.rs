@@ -46,8 +46,6 @@ pub mod telemetry;
 pub enum Error {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
-    #[error(transparent)]
-    Agent(#[from] agent::AgentError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
