@@ -166,3 +166,18 @@ fn unreadable_cert_files_are_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/tls.crt"), "{err}");
 }
+
+/// The LB's preStop on Kubernetes 1.29 (no `sleep` action there, no shell
+/// in the image): `roster sleep 5s` waits, then exits 0; nonsense fails.
+#[test]
+fn sleep_subcommand_for_the_exec_pre_stop() {
+    let start = Instant::now();
+    let out = Command::new(BIN).args(["sleep", "300ms"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    assert!(start.elapsed() < Duration::from_secs(5));
+    for bad in ["soon", "2h", "-1s"] {
+        let out = Command::new(BIN).args(["sleep", bad]).output().unwrap();
+        assert!(!out.status.success(), "{bad}");
+    }
+}

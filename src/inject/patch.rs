@@ -29,8 +29,13 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
-/// The annotation that asks for injection (value `"true"`).
+/// The annotation that asks for injection (value `"true"`), or, in a
+/// namespace labelled for injection, opts the pod out (value `"false"`).
 pub const INJECT_ANNOTATION: &str = "roster.dev/inject";
+/// The namespace label that opts every pod of the namespace in (`enabled`).
+pub const NAMESPACE_LABEL: &str = "roster.dev/inject";
+/// That label's value for opted-in namespaces (`disabled` opts a namespace out).
+pub const NAMESPACE_ENABLED: &str = "enabled";
 /// Port (number or containerPort name) the app serves traffic on.
 pub const APP_PORT_ANNOTATION: &str = "roster.dev/app-port";
 /// LB control addresses (`host:port`, comma-separated) overriding the chart's.
@@ -90,6 +95,23 @@ pub struct InjectConfig {
     pub resources: ResourceRequirements,
     /// Add `prometheus.io/*` scrape annotations for the agent's `/telemetry`.
     pub scrape_annotations: bool,
+    /// The LBs' `health_check.interval`: agents stay not-ready at least
+    /// this long when draining (None: the agent's default).
+    pub health_interval: Option<Duration>,
+    /// Secrets (in the pod's namespace) for pulling the agent image; added
+    /// to the pod's `imagePullSecrets` when missing.
+    pub image_pull_secrets: Vec<String>,
+}
+
+/// Which webhook asked: they differ only in what a pod without the
+/// annotation gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptIn {
+    /// The pod's own `roster.dev/inject: "true"` asks (any namespace).
+    Annotation,
+    /// The namespace is labelled `roster.dev/inject=enabled`: every pod is
+    /// injected unless annotated `roster.dev/inject: "false"`.
+    Namespace,
 }
 
 impl Default for InjectConfig {
@@ -106,6 +128,8 @@ impl Default for InjectConfig {
             token: TokenSource::None,
             resources: default_resources(),
             scrape_annotations: true,
+            health_interval: None,
+            image_pull_secrets: Vec::new(),
         }
     }
 }
@@ -158,16 +182,25 @@ pub enum Injection {
     Patched(Patch),
 }
 
-/// Decide and build the patch for `pod`. Pure: same input, same patch.
+/// Decide and build the patch for `pod` (annotation opt-in). Pure: same
+/// input, same patch.
 pub fn inject(pod: &Pod, cfg: &InjectConfig) -> Result<Injection, InjectError> {
+    inject_with(pod, cfg, OptIn::Annotation)
+}
+
+/// [`inject`], for the webhook `opt_in` names.
+pub fn inject_with(pod: &Pod, cfg: &InjectConfig, opt_in: OptIn) -> Result<Injection, InjectError> {
     let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-    let wanted = annotations
-        .get(INJECT_ANNOTATION)
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let said = annotations.get(INJECT_ANNOTATION).map(|v| v.trim());
+    let wanted = match opt_in {
+        OptIn::Annotation => said.is_some_and(|v| v.eq_ignore_ascii_case("true")),
+        OptIn::Namespace => !said.is_some_and(|v| v.eq_ignore_ascii_case("false")),
+    };
     if !wanted {
-        return Ok(Injection::Skipped(
-            "no roster.dev/inject: \"true\" annotation",
-        ));
+        return Ok(Injection::Skipped(match opt_in {
+            OptIn::Annotation => "no roster.dev/inject: \"true\" annotation",
+            OptIn::Namespace => "opted out with roster.dev/inject: \"false\"",
+        }));
     }
     let spec = pod.spec.clone().unwrap_or_default();
     let has_agent = spec
@@ -188,6 +221,10 @@ pub fn inject(pod: &Pod, cfg: &InjectConfig) -> Result<Injection, InjectError> {
     let health = match annotations.get(HEALTH_PATH_ANNOTATION) {
         Some(path) => Some(health_url(path, app_port)?),
         None => None,
+    };
+    let identity = AgentIdentity {
+        service: super::resolve::service(pod)?,
+        protocol: super::resolve::app_protocol(pod, app_port)?,
     };
     if cfg.token != TokenSource::None
         && spec
@@ -227,6 +264,27 @@ pub fn inject(pod: &Pod, cfg: &InjectConfig) -> Result<Injection, InjectError> {
         }
     }
 
+    // The agent image may live in a private registry.
+    let have: Vec<&str> = spec
+        .image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|r| r.name.as_str())
+        .collect();
+    let missing: Vec<Value> = cfg
+        .image_pull_secrets
+        .iter()
+        .filter(|n| !have.contains(&n.as_str()))
+        .map(|n| json!({ "name": n }))
+        .collect();
+    if !missing.is_empty() {
+        if spec.image_pull_secrets.is_none() {
+            ops.push(add(&["spec", "imagePullSecrets"], json!(missing)));
+        } else {
+            ops.extend(missing.into_iter().map(|m| add(&["spec", "imagePullSecrets", "-"], m)));
+        }
+    }
+
     // App containers keep serving through the drain.
     if cfg.app_pre_stop_sleep {
         let sleep = LifecycleHandler {
@@ -260,6 +318,7 @@ pub fn inject(pod: &Pod, cfg: &InjectConfig) -> Result<Injection, InjectError> {
         app_port,
         &load_balancers,
         health.as_deref(),
+        &identity,
     ))?;
     if cfg.native_sidecar {
         if spec.init_containers.is_none() {
@@ -406,6 +465,10 @@ fn token_volume(token: &TokenSource) -> Option<Volume> {
             name: TOKEN_VOLUME.into(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(name.clone()),
+                // A namespace without the Secret still runs its pods: the
+                // agent then reports the missing token (log, ready:false)
+                // instead of the pod never starting.
+                optional: Some(true),
                 items: Some(vec![KeyToPath {
                     key: "token".into(),
                     path: "token".into(),
@@ -473,12 +536,22 @@ fn vitals_probe(period: i32, failures: i32) -> Probe {
     }
 }
 
+/// What the agent registers as, read off the pod (see [`super::resolve`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentIdentity {
+    /// `ROSTER_SERVICE`.
+    pub service: Option<String>,
+    /// `ROSTER_APP_PROTOCOL`: `http1` or `h2c`.
+    pub protocol: Option<&'static str>,
+}
+
 /// The `roster-agent` container.
 pub fn agent_container(
     cfg: &InjectConfig,
     app_port: u16,
     load_balancers: &str,
     health: Option<&str>,
+    identity: &AgentIdentity,
 ) -> Container {
     let mut env_vars = vec![
         env_field("POD_NAME", "metadata.name"),
@@ -498,8 +571,20 @@ pub fn agent_container(
             humantime::format_duration(every).to_string(),
         ));
     }
+    if let Some(every) = cfg.health_interval {
+        env_vars.push(env(
+            "ROSTER_HEALTH_INTERVAL",
+            humantime::format_duration(every).to_string(),
+        ));
+    }
     if let Some(url) = health {
         env_vars.push(env("ROSTER_APP_HEALTH", url));
+    }
+    if let Some(service) = &identity.service {
+        env_vars.push(env("ROSTER_SERVICE", service.as_str()));
+    }
+    if let Some(protocol) = identity.protocol {
+        env_vars.push(env("ROSTER_APP_PROTOCOL", protocol));
     }
     let mut mounts = None;
     if cfg.token != TokenSource::None {
