@@ -348,8 +348,8 @@ def check_value_set(label: str, values: dict, versions: list[str], roster: str,
           and env["ROSTER_DISCOVERY_LB"] == "roster-lb-control.roster.svc:8080",
           f"{label}: injector gets nativeSidecar={env['ROSTER_NATIVE_SIDECAR']} and the LB control Service")
 
-    mode = dig(merged, "auth", "mode") or "none"
-    if mode == "token":
+    mode = dig(merged, "auth", "mode") or "kubernetes"
+    if mode == "token" and dig(merged, "auth", "token", "value"):
         secrets = [s for s in by_kind.get("Secret", []) if s["metadata"]["name"] == "roster-registration-token"]
         lb_spec = lbs[0]["spec"]["template"]["spec"]
         mounted = any(v.get("secret", {}).get("secretName") == "roster-registration-token" for v in lb_spec["volumes"])
@@ -368,7 +368,7 @@ def check_value_set(label: str, values: dict, versions: list[str], roster: str,
               and config["registration"]["kubernetes_auth"] is True
               and env.get("ROSTER_KUBERNETES_AUTH") == "true",
               f"{label}: LB RBAC (tokenreviews create, pods get), SA token mounted, kubernetes_auth, injector wired")
-    else:
+    elif mode == "none" or not dig(merged, "auth", "token", "value"):
         lb_spec = lbs[0]["spec"]["template"]["spec"] if lbs else {}
         check(lb_spec.get("automountServiceAccountToken") is False
               and not any(r["metadata"]["name"].startswith("roster-lb") for r in by_kind.get("ClusterRole", [])),
@@ -705,8 +705,8 @@ class Injector:
                 time.sleep(0.1)
         return False
 
-    def review(self, body: bytes) -> dict:
-        status, data = self.request("POST", "/mutate", body)
+    def review(self, body: bytes, path: str = "/mutate") -> dict:
+        status, data = self.request("POST", path, body)
         if status != 200:
             raise AssertionError(f"/mutate answered {status}: {data[:200]!r}")
         return json.loads(data)
@@ -941,6 +941,55 @@ def webhook_round_trip(roster: str, versions: list[str]) -> None:
             native.stop()
             classic.stop()
         check(native.proc.returncode == 0, "injector exits 0 on SIGTERM")
+
+
+def chart_wired_injector(roster: str, versions: list[str]) -> None:
+    """`roster inject` with exactly the env the chart gives it (per Kubernetes
+    version, with a non-default health interval): what reaches the agents."""
+    print("[webhook] the injector as the chart configures it", flush=True)
+    values = {"config": {"health_check": {"interval": "2s"}},
+              "injector": {"agent": {"imagePullSecrets": [{"name": "regcred"}]}}}
+    with tempfile.TemporaryDirectory() as tmp:
+        certs = Path(tmp)
+        subprocess.run([roster, "inject", "--generate-cert", str(certs), "--dns-name", "localhost"],
+                       capture_output=True, timeout=20, check=True)
+        for kube in (MIN_KUBE, "1.30", versions[-1]):
+            objs = objects(render(values, kube_version=f"v{kube}.0"))
+            dep = next(o for _, o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "roster-injector")
+            env = {k: v for k, v in env_of(dep["spec"]["template"]["spec"]["containers"][0]).items()
+                   if v is not None and k.startswith("ROSTER_")}
+            inj = Injector(roster, certs, [], env)
+            try:
+                if not check(inj.wait_ready(), f"Kubernetes {kube}: injector starts with the chart's env"):
+                    print(inj.output())
+                    continue
+                pod = demo_pod({"roster.dev/inject": "true"})
+                patched = apply_patch(pod, inj.review(admission_review(pod, "uid-c1"))["response"])
+                agent = next(c for c in patched["spec"]["initContainers"] if c["name"] == "roster-agent")
+                a_env = env_of(agent)
+                check(a_env.get("ROSTER_HEALTH_INTERVAL") == "2s",
+                      f"Kubernetes {kube}: config.health_check.interval 2s reaches the agent (ROSTER_HEALTH_INTERVAL)")
+                check(a_env.get("ROSTER_SERVICE") == "demo" and a_env.get("ROSTER_APP_PROTOCOL") == "http1",
+                      f"Kubernetes {kube}: agent ROSTER_SERVICE=demo (ReplicaSet demo-7d4b9c minus its hash),"
+                      " ROSTER_APP_PROTOCOL=http1 (port named http)")
+                vol = next(v for v in patched["spec"]["volumes"] if v["name"] == "roster-agent-token")
+                check(vol["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "roster"
+                      and {"name": "regcred"} in patched["spec"].get("imagePullSecrets", []),
+                      f"Kubernetes {kube}: default kubernetes auth (projected token), agent imagePullSecrets")
+                sleeps = "sleep" in patched["spec"]["containers"][0].get("lifecycle", {}).get("preStop", {})
+                gated = kit_gates.gated_fields(patched, kube)
+                check(sleeps == (kit_gates.minor(kube) >= (1, 30)) and not gated,
+                      f"Kubernetes {kube}: app preStop sleep {'on' if sleeps else 'off'}, no gated field in the patched pod"
+                      + (f": {gated}" if gated else ""))
+                validate_strict(patched, [kube], f"Kubernetes {kube} chart-wired patched Pod")
+                # Namespace opt-in: no annotation needed; "false" opts out.
+                for anns, want in (({}, True), ({"roster.dev/inject": "false"}, False)):
+                    resp = inj.review(admission_review(demo_pod(anns), "uid-c2"), "/mutate/namespace")["response"]
+                    check(resp["allowed"] and ("patch" in resp) == want,
+                          f"Kubernetes {kube}: /mutate/namespace with annotations {anns}: "
+                          + ("injected" if want else "left alone"))
+            finally:
+                inj.stop()
 
 
 # ------------------------------------------------ self-managed TLS bootstrap
@@ -1178,12 +1227,15 @@ def main() -> int:
     print(f"kubernetes-validate strict schemas: {', '.join(versions)}")
     check_lint(versions)
     for label, values in VALUE_SETS.items():
-        check_value_set(label, values, versions, args.roster)
-    for label in MIN_KUBE_SETS:
-        check_value_set(label, VALUE_SETS[label], [MIN_KUBE], args.roster, kube_version=MIN_KUBE)
+        check_value_set(label, values, versions, args.roster, kube_version=versions[-1])
+    # The supported range's edges: 1.29 (no sleep action) and 1.30 (sleep action on).
+    for kube in (MIN_KUBE, "1.30"):
+        for label in MIN_KUBE_SETS:
+            check_value_set(label, VALUE_SETS[label], [kube], args.roster, kube_version=kube)
     check_bad_values()
     check_fresh(args.roster)
     webhook_round_trip(args.roster, [MIN_KUBE] + versions)
+    chart_wired_injector(args.roster, versions)
     self_managed_bootstrap(args.roster)
     took = time.monotonic() - start
     if FAILURES:
