@@ -173,7 +173,11 @@ fn unreadable_cert_files_are_named() {
 fn sleep_subcommand_for_the_exec_pre_stop() {
     let start = Instant::now();
     let out = Command::new(BIN).args(["sleep", "300ms"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(start.elapsed() >= Duration::from_millis(300));
     assert!(start.elapsed() < Duration::from_secs(5));
     for bad in ["soon", "2h", "-1s"] {

@@ -135,12 +135,14 @@ fn read_token_file(path: Option<&std::path::Path>) -> Result<Option<String>, Str
     let Some(path) = path else {
         return Ok(None);
     };
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        format!("registration token file {}: {e}", path.display())
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("registration token file {}: {e}", path.display()))?;
     let token = text.trim();
     if token.is_empty() {
-        return Err(format!("registration token file {} is empty", path.display()));
+        return Err(format!(
+            "registration token file {} is empty",
+            path.display()
+        ));
     }
     Ok(Some(token.to_string()))
 }
@@ -468,7 +470,10 @@ mod tests {
         let missing = read_token_file(Some(&path));
         state.record(&missing);
         let why = state.problem().expect("reported");
-        assert!(why.contains("registration token file") && why.contains("token"), "{why}");
+        assert!(
+            why.contains("registration token file") && why.contains("token"),
+            "{why}"
+        );
 
         std::fs::write(&path, "  \n").unwrap();
         state.record(&read_token_file(Some(&path)));

@@ -172,7 +172,10 @@ impl InjectArgs {
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
             .collect();
-        if let Some(bad) = image_pull_secrets.iter().find(|s| !crate::agent::valid_id(s)) {
+        if let Some(bad) = image_pull_secrets
+            .iter()
+            .find(|s| !crate::agent::valid_id(s))
+        {
             return Err(ConfigError::Invalid {
                 field: "--agent-image-pull-secrets",
                 message: format!("{bad:?} is not a Secret name"),

@@ -281,7 +281,11 @@ pub fn inject_with(pod: &Pod, cfg: &InjectConfig, opt_in: OptIn) -> Result<Injec
         if spec.image_pull_secrets.is_none() {
             ops.push(add(&["spec", "imagePullSecrets"], json!(missing)));
         } else {
-            ops.extend(missing.into_iter().map(|m| add(&["spec", "imagePullSecrets", "-"], m)));
+            ops.extend(
+                missing
+                    .into_iter()
+                    .map(|m| add(&["spec", "imagePullSecrets", "-"], m)),
+            );
         }
     }
 

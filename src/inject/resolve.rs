@@ -35,7 +35,11 @@ pub fn valid_service(name: &str) -> bool {
 /// registers under the LB's default service).
 pub fn service(pod: &Pod) -> Result<Option<String>, InjectError> {
     let meta = &pod.metadata;
-    if let Some(v) = meta.annotations.as_ref().and_then(|a| a.get(SERVICE_ANNOTATION)) {
+    if let Some(v) = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SERVICE_ANNOTATION))
+    {
         let v = v.trim();
         if !valid_service(v) {
             return Err(InjectError::Annotation {
@@ -81,7 +85,10 @@ fn owner_workload(pod: &Pod) -> Option<String> {
         .as_ref()
         .and_then(|l| l.get("pod-template-hash"));
     let trimmed = match hash {
-        Some(h) => owner.name.strip_suffix(h.as_str()).map(|s| s.trim_end_matches('-')),
+        Some(h) => owner
+            .name
+            .strip_suffix(h.as_str())
+            .map(|s| s.trim_end_matches('-')),
         // No label (a ReplicaSet made by hand, or an old controller): the
         // hash is the last dash-separated part when it looks like one.
         None => owner
@@ -100,7 +107,9 @@ fn owner_workload(pod: &Pod) -> Option<String> {
 
 /// The pod-template-hash alphabet (rand.SafeEncodeString: no vowels).
 fn looks_like_hash(s: &str) -> bool {
-    (5..=10).contains(&s.len()) && s.bytes().all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b))
+    (5..=10).contains(&s.len())
+        && s.bytes()
+            .all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b))
 }
 
 /// `http1` or `h2c` from an appProtocol-style value; None when unknown.
@@ -123,10 +132,12 @@ pub fn app_protocol(pod: &Pod, app_port: u16) -> Result<Option<&'static str>, In
         .as_ref()
         .and_then(|a| a.get(APP_PROTOCOL_ANNOTATION));
     if let Some(v) = annotation {
-        return normalize_protocol(v).map(Some).ok_or_else(|| InjectError::Annotation {
-            annotation: APP_PROTOCOL_ANNOTATION,
-            message: format!("{v:?}: use http1 or h2c (or kubernetes.io/h2c, http, grpc)"),
-        });
+        return normalize_protocol(v)
+            .map(Some)
+            .ok_or_else(|| InjectError::Annotation {
+                annotation: APP_PROTOCOL_ANNOTATION,
+                message: format!("{v:?}: use http1 or h2c (or kubernetes.io/h2c, http, grpc)"),
+            });
     }
     let name = pod
         .spec
@@ -180,10 +191,18 @@ mod tests {
         assert_eq!(service(&p).unwrap().as_deref(), Some("checkout"));
         let p = pod(json!({"labels": {NAME_LABEL: "shop"}}), json!([]));
         assert_eq!(service(&p).unwrap().as_deref(), Some("shop"));
-        let p = owned("ReplicaSet", "web-7d4b9c6f8d", json!({"pod-template-hash": "7d4b9c6f8d"}));
+        let p = owned(
+            "ReplicaSet",
+            "web-7d4b9c6f8d",
+            json!({"pod-template-hash": "7d4b9c6f8d"}),
+        );
         assert_eq!(service(&p).unwrap().as_deref(), Some("web"));
         let p = owned("ReplicaSet", "api-v2-5f6d7c8b9", json!({}));
-        assert_eq!(service(&p).unwrap().as_deref(), Some("api-v2"), "hash-like tail");
+        assert_eq!(
+            service(&p).unwrap().as_deref(),
+            Some("api-v2"),
+            "hash-like tail"
+        );
         let p = owned("ReplicaSet", "legacy-frontend", json!({}));
         assert_eq!(service(&p).unwrap().as_deref(), Some("legacy-frontend"));
         for kind in ["StatefulSet", "DaemonSet", "Job"] {
@@ -223,10 +242,16 @@ mod tests {
             ("kubernetes.io/http", "http1"),
             ("HTTP1", "http1"),
         ] {
-            let p = pod(json!({"annotations": {APP_PROTOCOL_ANNOTATION: value}}), ports.clone());
+            let p = pod(
+                json!({"annotations": {APP_PROTOCOL_ANNOTATION: value}}),
+                ports.clone(),
+            );
             assert_eq!(app_protocol(&p, 9000).unwrap(), Some(want), "{value}");
         }
-        let p = pod(json!({"annotations": {APP_PROTOCOL_ANNOTATION: "quic"}}), ports);
+        let p = pod(
+            json!({"annotations": {APP_PROTOCOL_ANNOTATION: "quic"}}),
+            ports,
+        );
         let err = app_protocol(&p, 8080).unwrap_err().to_string();
         assert!(err.contains(APP_PROTOCOL_ANNOTATION), "{err}");
     }

@@ -44,11 +44,15 @@ pub fn router(cfg: Arc<InjectConfig>) -> Router {
 }
 
 async fn mutate(State(cfg): State<Arc<InjectConfig>>, body: Bytes) -> Json<Value> {
-    Json(to_wire(review_for(&cfg, &body, OptIn::Annotation).into_review()))
+    Json(to_wire(
+        review_for(&cfg, &body, OptIn::Annotation).into_review(),
+    ))
 }
 
 async fn mutate_namespace(State(cfg): State<Arc<InjectConfig>>, body: Bytes) -> Json<Value> {
-    Json(to_wire(review_for(&cfg, &body, OptIn::Namespace).into_review()))
+    Json(to_wire(
+        review_for(&cfg, &body, OptIn::Namespace).into_review(),
+    ))
 }
 
 /// The review as sent: `response.patch` base64-encoded, as the API
@@ -227,7 +231,11 @@ mod tests {
             let (status, v) = post_to(NAMESPACE_PATH, serde_json::to_vec(&body).unwrap()).await;
             assert_eq!(status, StatusCode::OK);
             assert_eq!(v["response"]["allowed"], true);
-            assert_eq!(v["response"].get("patch").is_some(), patched, "{annotations}");
+            assert_eq!(
+                v["response"].get("patch").is_some(),
+                patched,
+                "{annotations}"
+            );
         }
         // The annotation webhook still needs the annotation.
         let body = review_of(web_pod(json!({})), "CREATE");

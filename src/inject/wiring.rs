@@ -115,9 +115,16 @@ fn token_secret_volume_is_optional() {
     )
     .expect("injected");
     let volumes = p.spec.and_then(|s| s.volumes).unwrap_or_default();
-    let v = volumes.iter().find(|v| v.name == TOKEN_VOLUME).expect("token volume");
+    let v = volumes
+        .iter()
+        .find(|v| v.name == TOKEN_VOLUME)
+        .expect("token volume");
     let secret = v.secret.as_ref().expect("a Secret volume");
-    assert_eq!(secret.optional, Some(true), "a pod without the Secret still starts");
+    assert_eq!(
+        secret.optional,
+        Some(true),
+        "a pod without the Secret still starts"
+    );
 }
 
 #[test]
@@ -129,8 +136,12 @@ fn namespace_opt_in_and_pod_opt_out() {
     let out = deployment_pod(json!({ INJECT_ANNOTATION: "false" }));
     assert!(patched(&out, &cfg, OptIn::Namespace).is_none());
     // Both webhooks may see one pod: the second finds the agent and stops.
-    let once = patched(&deployment_pod(json!({ INJECT_ANNOTATION: "true" })), &cfg, OptIn::Annotation)
-        .expect("injected");
+    let once = patched(
+        &deployment_pod(json!({ INJECT_ANNOTATION: "true" })),
+        &cfg,
+        OptIn::Annotation,
+    )
+    .expect("injected");
     assert!(patched(&once, &cfg, OptIn::Namespace).is_none());
 }
 
@@ -157,7 +168,11 @@ fn agent_image_pull_secrets_are_added_once() {
         }]);
     }
     let p = patched(&own, &cfg, OptIn::Namespace).expect("injected");
-    let n = p.spec.and_then(|s| s.image_pull_secrets).unwrap_or_default().len();
+    let n = p
+        .spec
+        .and_then(|s| s.image_pull_secrets)
+        .unwrap_or_default()
+        .len();
     assert_eq!(n, 2, "regcred kept once, mirror added");
 }
 
@@ -204,9 +219,14 @@ fn chart_webhooks_match_the_served_routes_and_labels() {
         let system = expression(&hook["namespaceSelector"], "kubernetes.io/metadata.name")
             .expect("system namespaces excluded");
         assert_eq!(system["operator"], "NotIn");
-        assert!(system["values"].as_array().is_some_and(|v| v.contains(&json!("kube-system"))));
+        assert!(
+            system["values"]
+                .as_array()
+                .is_some_and(|v| v.contains(&json!("kube-system")))
+        );
         // A pod labelled roster.dev/inject=false never reaches the webhook.
-        let opt_out = expression(&hook["objectSelector"], INJECT_ANNOTATION).expect("objectSelector");
+        let opt_out =
+            expression(&hook["objectSelector"], INJECT_ANNOTATION).expect("objectSelector");
         assert_eq!(opt_out["operator"], "NotIn");
         assert_eq!(opt_out["values"], json!(["false"]));
         assert_eq!(hook["failurePolicy"], "Ignore");
