@@ -511,6 +511,10 @@ def check_kit_values(label: str, merged: dict, rendered: dict, by_kind: dict, co
         check(all(v in lb_spec["volumes"] for v in dig(merged, "lb", "extraVolumes"))
               and all(m in lb_c["volumeMounts"] for m in dig(merged, "lb", "extraVolumeMounts")),
               f"{label}: lb extraVolumes/extraVolumeMounts")
+    uid = dig(merged, "injector", "agent")
+    uid = uid.get("runAsUser", 65532) if isinstance(uid, dict) else 65532
+    check(inj_env.get("ROSTER_AGENT_RUN_AS_USER") == ("none" if uid is None else str(uid)),
+          f"{label}: injected agents run as {uid if uid is not None else 'the platform-assigned uid'}")
     if "runAsUser" in (merged.get("podSecurityContext") or {}):
         check("runAsUser" not in lb_spec["securityContext"] and "runAsUser" not in inj_spec["securityContext"]
               and lb_spec["securityContext"].get("runAsNonRoot") is True,

@@ -89,7 +89,7 @@ NEW_VALUE_SETS: dict[str, dict] = {
                      "nodeSelector": {"kubernetes.io/os": "linux"},
                      "tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"}],
                      "priorityClassName": "system-cluster-critical",
-                     "agent": {"imagePullSecrets": [{"name": "regcred"}]}},
+                     "agent": {"imagePullSecrets": [{"name": "regcred"}], "runAsUser": None}},
         "tests": {"image": {"registry": "registry.example.com", "repository": "curl", "tag": "8"}},
     },
     "services-tls-h2c": {
@@ -135,6 +135,7 @@ NEW_BAD_VALUES: dict[str, dict] = {
     "injector.extraArgs numbers": {"injector": {"extraArgs": [1]}},
     "injector.extraEnv a map": {"injector": {"extraEnv": {"A": "b"}}},
     "injector.agent.imagePullSecrets bad name": {"injector": {"agent": {"imagePullSecrets": [{"name": "Bad Name"}]}}},
+    "injector.agent.runAsUser 0": {"injector": {"agent": {"runAsUser": 0}}},
     "tests.enabled 'yes'": {"tests": {"enabled": "yes"}},
     "tests.image.tag empty": {"tests": {"image": {"tag": ""}}},
     "serviceMonitor.enabled 'true'": {"serviceMonitor": {"enabled": "true"}},

@@ -307,6 +307,9 @@ pub struct Agent {
     /// Secrets, in each app namespace, for pulling the agent image; added
     /// to injected pods.
     pub image_pull_secrets: Vec<SecretRef>,
+    /// The agent's uid and gid; null: the platform's (OpenShift).
+    #[schemars(range(min = 1))]
+    pub run_as_user: Option<u32>,
     /// LB control addresses agents announce to (host:port); empty: the chart's `<release>-lb-control` Service.
     pub load_balancers: Vec<String>,
 }

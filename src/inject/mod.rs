@@ -107,6 +107,9 @@ pub struct InjectArgs {
     /// exist in the pod's namespace), added to injected pods' imagePullSecrets.
     #[arg(long, env = "ROSTER_AGENT_IMAGE_PULL_SECRETS", value_delimiter = ',')]
     pub agent_image_pull_secrets: Vec<String>,
+    /// The agent's uid/gid; `none` leaves them to the platform (OpenShift).
+    #[arg(long, env = "ROSTER_AGENT_RUN_AS_USER", default_value = "65532", value_parser = parse_uid)]
+    pub agent_run_as_user: RunAs,
     /// How long agents drain, and apps keep serving, once a pod terminates.
     #[arg(long, env = "ROSTER_DRAIN_PERIOD", default_value = "15s", value_parser = parse_duration)]
     pub drain_period: Duration,
@@ -201,7 +204,23 @@ impl InjectArgs {
             scrape_annotations: self.scrape_annotations,
             health_interval: self.health_interval,
             image_pull_secrets,
+            run_as_user: self.agent_run_as_user.0,
         })
+    }
+}
+
+/// `--agent-run-as-user`: a uid, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunAs(pub Option<i64>);
+
+fn parse_uid(s: &str) -> Result<RunAs, String> {
+    match s.trim() {
+        "" | "none" => Ok(RunAs(None)),
+        n => match n.parse::<i64>() {
+            // The image's user is not root; uid 0 would defeat runAsNonRoot.
+            Ok(uid) if uid > 0 && uid <= i64::from(u32::MAX) => Ok(RunAs(Some(uid))),
+            _ => Err(format!("{s:?}: a uid above 0, or none")),
+        },
     }
 }
 
@@ -448,6 +467,21 @@ mod tests {
         assert_eq!(c.health_interval, Some(Duration::from_secs(2)));
         assert_eq!(c.image_pull_secrets, ["regcred", "other"]);
         assert_eq!(config(&[]).unwrap().health_interval, None);
+        assert_eq!(config(&[]).unwrap().run_as_user, Some(65532));
+        let c = config(&["--agent-run-as-user", "none"]).unwrap();
+        assert_eq!(c.run_as_user, None, "OpenShift picks the uid");
+        assert_eq!(
+            config(&["--agent-run-as-user", "1000"])
+                .unwrap()
+                .run_as_user,
+            Some(1000)
+        );
+        for bad in ["0", "-1", "root"] {
+            assert!(
+                Cli::try_parse_from(["x", "--agent-run-as-user", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -56,7 +56,7 @@ pub const TOKEN_VOLUME: &str = "roster-agent-token";
 pub const TOKEN_DIR: &str = "/var/run/secrets/roster";
 
 /// UID/GID of the distroless `nonroot` user the image runs as.
-const NONROOT_ID: i64 = 65532;
+pub const NONROOT_ID: i64 = 65532;
 /// Time the app gets after the drain, beyond the preStop sleep.
 const APP_STOP_SECONDS: i64 = 15;
 
@@ -101,6 +101,9 @@ pub struct InjectConfig {
     /// Secrets (in the pod's namespace) for pulling the agent image; added
     /// to the pod's `imagePullSecrets` when missing.
     pub image_pull_secrets: Vec<String>,
+    /// The agent's uid and gid; None leaves them to the platform (OpenShift's
+    /// restricted SCC assigns one per namespace and refuses others).
+    pub run_as_user: Option<i64>,
 }
 
 /// Which webhook asked: they differ only in what a pod without the
@@ -130,6 +133,7 @@ impl Default for InjectConfig {
             scrape_annotations: true,
             health_interval: None,
             image_pull_secrets: Vec::new(),
+            run_as_user: Some(NONROOT_ID),
         }
     }
 }
@@ -631,8 +635,8 @@ pub fn agent_container(
         restart_policy: cfg.native_sidecar.then(|| "Always".into()),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
-            run_as_user: Some(NONROOT_ID),
-            run_as_group: Some(NONROOT_ID),
+            run_as_user: cfg.run_as_user,
+            run_as_group: cfg.run_as_user,
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
             capabilities: Some(Capabilities {
