@@ -496,6 +496,10 @@ def check_kit_values(label: str, merged: dict, rendered: dict, by_kind: dict, co
     # 6. Escape hatches.
     check(env_of(lb_c).get("RUST_LOG") == inj_env.get("RUST_LOG") == (merged.get("logLevel") or "info"),
           f"{label}: RUST_LOG from logLevel")
+    json_logs = merged.get("logFormat") == "json"
+    check((env_of(lb_c).get("ROSTER_LOG_FORMAT") == inj_env.get("ROSTER_LOG_FORMAT") == "json") == json_logs
+          and inj_env.get("ROSTER_AGENT_LOG_FORMAT") == ("json" if json_logs else "text"),
+          f"{label}: logFormat {'json' if json_logs else 'text'} for the LB, the injector and the agents")
     for part, c, spec in (("lb", lb_c, lb_spec), ("injector", inj_c, inj_spec)):
         extra = (merged.get("extraEnv") or []) + (dig(merged, part, "extraEnv") or [])
         xa = dig(merged, part, "extraArgs") or []
@@ -951,7 +955,7 @@ def chart_wired_injector(roster: str, versions: list[str]) -> None:
     """`roster inject` with exactly the env the chart gives it (per Kubernetes
     version, with a non-default health interval): what reaches the agents."""
     print("[webhook] the injector as the chart configures it", flush=True)
-    values = {"config": {"health_check": {"interval": "2s"}},
+    values = {"config": {"health_check": {"interval": "2s"}}, "logFormat": "json",
               "injector": {"agent": {"imagePullSecrets": [{"name": "regcred"}]}}}
     with tempfile.TemporaryDirectory() as tmp:
         certs = Path(tmp)
@@ -971,6 +975,8 @@ def chart_wired_injector(roster: str, versions: list[str]) -> None:
                 patched = apply_patch(pod, inj.review(admission_review(pod, "uid-c1"))["response"])
                 agent = next(c for c in patched["spec"]["initContainers"] if c["name"] == "roster-agent")
                 a_env = env_of(agent)
+                check(a_env.get("ROSTER_LOG_FORMAT") == "json",
+                      f"Kubernetes {kube}: logFormat json reaches the agent (ROSTER_LOG_FORMAT)")
                 check(a_env.get("ROSTER_HEALTH_INTERVAL") == "2s",
                       f"Kubernetes {kube}: config.health_check.interval 2s reaches the agent (ROSTER_HEALTH_INTERVAL)")
                 check(a_env.get("ROSTER_SERVICE") == "demo" and a_env.get("ROSTER_APP_PROTOCOL") == "http1",
@@ -994,6 +1000,13 @@ def chart_wired_injector(roster: str, versions: list[str]) -> None:
                           + ("injected" if want else "left alone"))
             finally:
                 inj.stop()
+            lines = [ln for ln in inj.output().splitlines() if ln.strip()]
+            try:
+                parsed = [json.loads(ln) for ln in lines]
+            except ValueError:
+                parsed = []
+            check(bool(lines) and len(parsed) == len(lines) and all("level" in p and "message" in p for p in parsed),
+                  f"Kubernetes {kube}: the injector logs JSON lines with logFormat json ({len(lines)} lines)")
 
 
 # ------------------------------------------------ self-managed TLS bootstrap

@@ -73,6 +73,7 @@ NEW_VALUE_SETS: dict[str, dict] = {
                   "digest": "sha256:" + "ab" * 32},
         "imagePullSecrets": [{"name": "regcred"}],
         "logLevel": "info,roster::registry=debug",
+        "logFormat": "json",
         "extraEnv": [{"name": "TZ", "value": "UTC"}],
         "commonLabels": {"team": "platform"},
         # OpenShift's restricted SCC picks the uid: the chart must not.
@@ -118,6 +119,7 @@ NEW_BAD_VALUES: dict[str, dict] = {
     "imagePullSecrets as strings": {"imagePullSecrets": ["regcred"]},
     "imagePullSecrets item without name": {"imagePullSecrets": [{"nam": "regcred"}]},
     "logLevel verbose": {"logLevel": "verbose"},
+    "logFormat xml": {"logFormat": "xml"},
     "extraEnv item without name": {"extraEnv": [{"value": "x"}]},
     "podSecurityContext a string": {"podSecurityContext": "restricted"},
     "securityContext a list": {"securityContext": []},

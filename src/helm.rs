@@ -63,6 +63,8 @@ pub struct HelmValues {
         pattern = r"^(error|warn|info|debug|trace|off)(,[A-Za-z0-9_:]+=(error|warn|info|debug|trace|off))*$"
     ))]
     pub log_level: String,
+    /// Log lines as text, or JSON objects for log pipelines (LBs, injector, agents).
+    pub log_format: LogFormat,
     /// Extra environment variables of the LB and injector containers.
     pub extra_env: Vec<EnvVar>,
     /// Pod securityContext of the LB and injector pods (merged over nothing:
@@ -94,6 +96,14 @@ pub struct HelmValues {
     pub tests: Tests,
     /// Helm's global values (for parent charts).
     pub global: Object,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// A Kubernetes object name (DNS subdomain).

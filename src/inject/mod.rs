@@ -110,6 +110,9 @@ pub struct InjectArgs {
     /// The agent's uid/gid; `none` leaves them to the platform (OpenShift).
     #[arg(long, env = "ROSTER_AGENT_RUN_AS_USER", default_value = "65532", value_parser = parse_uid)]
     pub agent_run_as_user: RunAs,
+    /// The agents' log format: text or json (ROSTER_LOG_FORMAT on the agent).
+    #[arg(long, env = "ROSTER_AGENT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub agent_log_format: String,
     /// How long agents drain, and apps keep serving, once a pod terminates.
     #[arg(long, env = "ROSTER_DRAIN_PERIOD", default_value = "15s", value_parser = parse_duration)]
     pub drain_period: Duration,
@@ -205,6 +208,7 @@ impl InjectArgs {
             health_interval: self.health_interval,
             image_pull_secrets,
             run_as_user: self.agent_run_as_user.0,
+            log_json: self.agent_log_format == "json",
         })
     }
 }
@@ -468,6 +472,9 @@ mod tests {
         assert_eq!(c.image_pull_secrets, ["regcred", "other"]);
         assert_eq!(config(&[]).unwrap().health_interval, None);
         assert_eq!(config(&[]).unwrap().run_as_user, Some(65532));
+        assert!(!config(&[]).unwrap().log_json);
+        assert!(config(&["--agent-log-format", "json"]).unwrap().log_json);
+        assert!(Cli::try_parse_from(["x", "--agent-log-format", "xml"]).is_err());
         let c = config(&["--agent-run-as-user", "none"]).unwrap();
         assert_eq!(c.run_as_user, None, "OpenShift picks the uid");
         assert_eq!(

@@ -104,6 +104,8 @@ pub struct InjectConfig {
     /// The agent's uid and gid; None leaves them to the platform (OpenShift's
     /// restricted SCC assigns one per namespace and refuses others).
     pub run_as_user: Option<i64>,
+    /// Agents log JSON lines (`ROSTER_LOG_FORMAT=json`).
+    pub log_json: bool,
 }
 
 /// Which webhook asked: they differ only in what a pod without the
@@ -134,6 +136,7 @@ impl Default for InjectConfig {
             health_interval: None,
             image_pull_secrets: Vec::new(),
             run_as_user: Some(NONROOT_ID),
+            log_json: false,
         }
     }
 }
@@ -587,6 +590,9 @@ pub fn agent_container(
     }
     if let Some(url) = health {
         env_vars.push(env("ROSTER_APP_HEALTH", url));
+    }
+    if cfg.log_json {
+        env_vars.push(env("ROSTER_LOG_FORMAT", "json"));
     }
     if let Some(service) = &identity.service {
         env_vars.push(env("ROSTER_SERVICE", service.as_str()));

@@ -64,6 +64,7 @@ fn env(c: &Container, name: &str) -> Option<String> {
 fn agent_env_carries_service_protocol_and_health_interval() {
     let cfg = InjectConfig {
         health_interval: Some(Duration::from_secs(2)),
+        log_json: true,
         ..Default::default()
     };
     let p = deployment_pod(json!({ INJECT_ANNOTATION: "true" }));
@@ -71,6 +72,7 @@ fn agent_env_carries_service_protocol_and_health_interval() {
     assert_eq!(env(&a, "ROSTER_SERVICE").as_deref(), Some("checkout"));
     assert_eq!(env(&a, "ROSTER_APP_PROTOCOL").as_deref(), Some("h2c"));
     assert_eq!(env(&a, "ROSTER_HEALTH_INTERVAL").as_deref(), Some("2s"));
+    assert_eq!(env(&a, "ROSTER_LOG_FORMAT").as_deref(), Some("json"));
 
     // Without a configured interval the agent keeps its default.
     let a = agent(&patched(&p, &InjectConfig::default(), OptIn::Annotation).expect("injected"));

@@ -69,6 +69,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "roster.commonEnv" -}}
 - name: RUST_LOG
   value: {{ .Values.logLevel | quote }}
+{{- if eq .Values.logFormat "json" }}
+- name: ROSTER_LOG_FORMAT
+  value: json
+{{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
