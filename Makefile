@@ -4,7 +4,7 @@ CARGO ?= cargo
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 IMAGE ?= roster:$(VERSION)
 
-.PHONY: all build release test test-rust test-kit test-ui lint fmt setup demo run-lb bench e2e image manifests schema clean
+.PHONY: all build release test test-rust test-kit test-ui lint fmt setup demo run-lb bench e2e image image-push manifests schema clean
 
 all: build
 
@@ -64,12 +64,17 @@ manifests: schema
 	.venv/bin/python scripts/kit.py manifests manifests
 
 ## The container image (needs docker): one binary, distroless, non-root.
+## For a cluster: make image-push IMAGE=registry.example.com/roster:$(VERSION)
 image:
 	docker build -t $(IMAGE) .
 
-## kind cluster end to end (needs docker, kind, helm, kubectl; not part of `make test`).
+image-push: image
+	docker push $(IMAGE)
+
+## kind cluster end to end, Kubernetes 1.29, 1.30 and the newest pinned node image
+## (E2E_VERSIONS="1.30" for one); needs docker, kind, helm, kubectl; not part of `make test`.
 e2e:
-	IMAGE=$(IMAGE) kind/e2e.sh
+	IMAGE=$(IMAGE) E2E_VERSIONS="$(E2E_VERSIONS)" kind/e2e.sh
 
 clean:
 	$(CARGO) clean

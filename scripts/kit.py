@@ -37,6 +37,8 @@ import yaml
 from helm_python import _native
 from packaging.version import Version
 
+import kit_gates
+
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "roster"
 MANIFESTS = ROOT / "manifests"
@@ -115,7 +117,8 @@ def manifest_files(rendered: dict[str, str]) -> dict[str, str]:
             "pod-security.kubernetes.io/warn": "restricted"}},
     }, sort_keys=False)
     for path in sorted(rendered):
-        if path.endswith("NOTES.txt"):
+        # NOTES and `helm test` hooks are Helm's alone.
+        if path.endswith("NOTES.txt") or "/templates/tests/" in path:
             continue
         body = rendered[path].strip()
         docs = [d for d in yaml.safe_load_all(body) if d] if body else []
@@ -236,14 +239,16 @@ VALUE_SETS: dict[str, dict] = {
                               "config": {"lb": {"listen": "0.0.0.0:8000"}}},
     "classic-sidecar": {"injector": {"nativeSidecar": False, "appPreStopSleep": False}},
     "servicemonitor": {"grafanaDashboard": {"enabled": True},
-                       "networkPolicy": {"enabled": True},
+                       "serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True},
                        "lb": {"service": {"type": "LoadBalancer", "externalTrafficPolicy": "Local"}}},
     "token-auth": {"auth": {"mode": "token", "token": {"value": "s3cret-token-for-tests"}},
                    "config": {"registration": {"lease_ttl": "60s"}}},
     "kubernetes-auth": {"auth": {"mode": "kubernetes"}},
     "cert-manager": {"injector": {"tls": {"certManager": {"enabled": True}}}},
+    **kit_gates.NEW_VALUE_SETS,
 }
-CAPABILITIES = {"servicemonitor": ["monitoring.coreos.com/v1"]}
+# No capability gates: what is enabled is rendered, API present or not.
+CAPABILITIES: dict[str, list[str]] = {}
 
 BAD_VALUES: dict[str, dict] = {
     "lb.kind StatefulSet": {"lb": {"kind": "StatefulSet"}},
@@ -263,11 +268,13 @@ BAD_VALUES: dict[str, dict] = {
     "hostNetwork with a Deployment": {"lb": {"hostNetwork": True}},
     "hostNetwork with a hostPort other than the listen port": {
         "lb": {"kind": "DaemonSet", "hostNetwork": True, "hostPort": 80}},
+    **kit_gates.NEW_BAD_VALUES,
 }
 
 # Also rendered for, and validated against, the oldest supported Kubernetes.
 MIN_KUBE = "1.29"
-MIN_KUBE_SETS = ("defaults", "classic-sidecar", "daemonset-hostnetwork")
+MIN_KUBE_SETS = ("defaults", "classic-sidecar", "daemonset-hostnetwork", "escape-hatches",
+                 "services-tls-h2c")
 
 
 def check_value_set(label: str, values: dict, versions: list[str], roster: str,
@@ -289,6 +296,8 @@ def check_value_set(label: str, values: dict, versions: list[str], roster: str,
 
     for o, spec in pod_specs(objs):
         is_lb = o["metadata"]["name"] == "roster-lb"
+        if is_lb and label == "hostnetwork-low-port":
+            continue  # uid 0 + NET_BIND_SERVICE on purpose: check_kit_values checks it
         check_restricted(spec, f"{label} {o['kind']}/{o['metadata']['name']}",
                          host_network=is_lb and bool(dig(merged, "lb", "hostNetwork")),
                          host_port=is_lb and bool(dig(merged, "lb", "hostPort")))
@@ -306,7 +315,7 @@ def check_value_set(label: str, values: dict, versions: list[str], roster: str,
         spec = lbs[0]["spec"]["template"]["spec"]
         c = spec["containers"][0]
         grace = duration_seconds(dig(merged, "config", "lb", "grace_period") or "30s")
-        sleep = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+        sleep = pre_stop_seconds(c)
         check(spec["terminationGracePeriodSeconds"] == sleep + grace + 5,
               f"{label}: LB terminationGracePeriodSeconds {spec['terminationGracePeriodSeconds']}"
               f" = preStop sleep {sleep} + grace_period {grace} + 5")
@@ -323,6 +332,7 @@ def check_value_set(label: str, values: dict, versions: list[str], roster: str,
     cms = [o for o in by_kind.get("ConfigMap", []) if o["metadata"]["name"] == "roster-config"]
     config = yaml.safe_load(cms[0]["data"]["roster.yaml"]) if cms else {}
     check_config_accepted(label, config, roster)
+    check_kit_values(label, merged, rendered, by_kind, config, kube_version or versions[-1])
 
     hooks = by_kind.get("MutatingWebhookConfiguration", [])
     if check(len(hooks) == 1, f"{label}: one MutatingWebhookConfiguration"):
@@ -338,8 +348,8 @@ def check_value_set(label: str, values: dict, versions: list[str], roster: str,
           and env["ROSTER_DISCOVERY_LB"] == "roster-lb-control.roster.svc:8080",
           f"{label}: injector gets nativeSidecar={env['ROSTER_NATIVE_SIDECAR']} and the LB control Service")
 
-    mode = dig(merged, "auth", "mode") or "none"
-    if mode == "token":
+    mode = dig(merged, "auth", "mode") or "kubernetes"
+    if mode == "token" and dig(merged, "auth", "token", "value"):
         secrets = [s for s in by_kind.get("Secret", []) if s["metadata"]["name"] == "roster-registration-token"]
         lb_spec = lbs[0]["spec"]["template"]["spec"]
         mounted = any(v.get("secret", {}).get("secretName") == "roster-registration-token" for v in lb_spec["volumes"])
@@ -358,7 +368,7 @@ def check_value_set(label: str, values: dict, versions: list[str], roster: str,
               and config["registration"]["kubernetes_auth"] is True
               and env.get("ROSTER_KUBERNETES_AUTH") == "true",
               f"{label}: LB RBAC (tokenreviews create, pods get), SA token mounted, kubernetes_auth, injector wired")
-    else:
+    elif mode == "none" or not dig(merged, "auth", "token", "value"):
         lb_spec = lbs[0]["spec"]["template"]["spec"] if lbs else {}
         check(lb_spec.get("automountServiceAccountToken") is False
               and not any(r["metadata"]["name"].startswith("roster-lb") for r in by_kind.get("ClusterRole", [])),
@@ -385,9 +395,10 @@ def check_value_set(label: str, values: dict, versions: list[str], roster: str,
               f"{label}: cert-manager Certificate, cainjector annotation, TLS from files, no RBAC")
 
     monitors = by_kind.get("ServiceMonitor", []) + by_kind.get("PodMonitor", [])
-    check(bool(monitors) == (label in CAPABILITIES),
+    wanted = bool(dig(merged, "serviceMonitor", "enabled") or dig(merged, "podMonitor", "enabled"))
+    check(bool(monitors) == wanted,
           f"{label}: ServiceMonitor/PodMonitor {'rendered' if monitors else 'absent'} "
-          f"({'with' if label in CAPABILITIES else 'without'} monitoring.coreos.com/v1)")
+          f"(explicit opt-in {'on' if wanted else 'off'}; no capability gate)")
     if dig(merged, "grafanaDashboard", "enabled"):
         dash = [c for c in by_kind.get("ConfigMap", []) if c["metadata"]["name"] == "roster-dashboards"]
         good = len(dash) == 1 and dash[0]["metadata"]["labels"].get("grafana_dashboard") == "1"
@@ -396,12 +407,191 @@ def check_value_set(label: str, values: dict, versions: list[str], roster: str,
         check(good, f"{label}: Grafana dashboard ConfigMap with dashboards/*.json")
 
 
+def pre_stop_seconds(c: dict) -> int:
+    """The LB container's preStop sleep: the sleep action, or `roster sleep Ns` (1.29)."""
+    pre = c.get("lifecycle", {}).get("preStop")
+    if not pre:
+        return 0
+    if "sleep" in pre:
+        return pre["sleep"]["seconds"]
+    cmd = pre["exec"]["command"]
+    assert cmd[:2] == ["/usr/local/bin/roster", "sleep"], cmd
+    return duration_seconds(cmd[2])
+
+
+def env_of(container: dict) -> dict[str, str | None]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def check_kit_values(label: str, merged: dict, rendered: dict, by_kind: dict, config: dict,
+                     kube: str) -> None:
+    """Issue 16 (and the chart parts of services/protocols), on one render."""
+    lb_kind = dig(merged, "lb", "kind") or "Deployment"
+    lb = next(o for o in by_kind[lb_kind] if o["metadata"]["name"] == "roster-lb")
+    inj = next(o for o in by_kind["Deployment"] if o["metadata"]["name"] == "roster-injector")
+    lb_spec, inj_spec = lb["spec"]["template"]["spec"], inj["spec"]["template"]["spec"]
+    lb_c, inj_c = lb_spec["containers"][0], inj_spec["containers"][0]
+    inj_env = env_of(inj_c)
+
+    # 1. preStop: the sleep action from 1.30, `roster sleep` before; no gated field anywhere.
+    pre = lb_c.get("lifecycle", {}).get("preStop", {})
+    sleep_on = kit_gates.minor(kube) >= (1, 30)
+    check(("sleep" in pre) == sleep_on and ("exec" in pre) == (not sleep_on),
+          f"{label}: LB preStop on Kubernetes {kube}: "
+          + ("sleep action" if sleep_on else f"exec {pre.get('exec', {}).get('command')}"))
+    gated = [f"{o['kind']}/{o['metadata'].get('name')}: {g}" for objs in by_kind.values()
+             for o in objs for g in kit_gates.gated_fields(o, kube)]
+    check(not gated, f"{label}: no field whose feature gate is off in Kubernetes {kube}"
+          + (f": {gated}" if gated else ""))
+
+    # 2. Agents get the LB's health interval (and announce interval) from `config`.
+    interval = dig(config, "health_check", "interval") or "5s"
+    check(inj_env.get("ROSTER_HEALTH_INTERVAL") == interval,
+          f"{label}: injector passes ROSTER_HEALTH_INTERVAL={interval} (config.health_check.interval) to agents")
+    announce = dig(config, "discovery", "announce_interval")
+    if announce:
+        check(inj_env.get("ROSTER_ANNOUNCE_INTERVAL") == announce,
+              f"{label}: injector passes ROSTER_ANNOUNCE_INTERVAL={announce}")
+
+    # 3. The image reference; pull secrets.
+    img = merged.get("image", {})
+    repo = "/".join(x for x in (img.get("registry"), img.get("repository") or "roster") if x)
+    want = f"{repo}@{img['digest']}" if img.get("digest") else f"{repo}:{img.get('tag') or '0.1.0'}"
+    check(lb_c["image"] == inj_c["image"] == inj_env["ROSTER_AGENT_IMAGE"] == want,
+          f"{label}: LB, injector and agents run {want}")
+    if merged.get("imagePullSecrets"):
+        check(lb_spec.get("imagePullSecrets") == merged["imagePullSecrets"] == inj_spec.get("imagePullSecrets"),
+              f"{label}: imagePullSecrets on the LB and injector pods")
+    agent_secrets = dig(merged, "injector", "agent", "imagePullSecrets")
+    check(inj_env.get("ROSTER_AGENT_IMAGE_PULL_SECRETS") ==
+          (",".join(s["name"] for s in agent_secrets) if agent_secrets else None),
+          f"{label}: injector.agent.imagePullSecrets -> ROSTER_AGENT_IMAGE_PULL_SECRETS")
+
+    # 4. Secure by default: kubernetes auth and the NetworkPolicy; loud NOTES otherwise.
+    mode = dig(merged, "auth", "mode") or "kubernetes"
+    nps = by_kind.get("NetworkPolicy", [])
+    np_on = dig(merged, "networkPolicy", "enabled") is not False
+    check(len(nps) == int(np_on), f"{label}: NetworkPolicy {'rendered' if np_on else 'off'}")
+    if label == "defaults":
+        check(mode == "kubernetes" and config["registration"].get("kubernetes_auth") is True
+              and inj_env.get("ROSTER_KUBERNETES_AUTH") == "true" and len(nps) == 1
+              and nps[0]["spec"]["ingress"][1]["ports"][0]["port"] == "control",
+              "defaults: auth kubernetes (TokenReview) and a NetworkPolicy on the control port")
+    notes = next((v for k, v in rendered.items() if k.endswith("NOTES.txt")), "")
+    check(("WARNING: auth.mode=none" in notes) == (mode == "none"),
+          f"{label}: NOTES {'warn about' if mode == 'none' else 'quiet on'} open registration")
+    check(("has no registry" in notes) == (not img.get("registry")),
+          f"{label}: NOTES {'explain' if not img.get('registry') else 'skip'} building and pushing the image")
+
+    # 5. Token mode: an existing Secret everywhere; the chart's only from a given value.
+    if mode == "token":
+        name = dig(merged, "auth", "token", "existingSecret") or "roster-registration-token"
+        created = [s for s in by_kind.get("Secret", []) if s["metadata"]["name"] == name]
+        mounted = [v for v in lb_spec["volumes"] if v.get("secret", {}).get("secretName") == name]
+        check(bool(mounted) and inj_env.get("ROSTER_TOKEN_SECRET") == name
+              and bool(created) == (not dig(merged, "auth", "token", "existingSecret")),
+              f"{label}: token Secret {name} mounted by the LBs and agents"
+              f" ({'existing, not rendered' if not created else 'rendered from auth.token.value'})")
+
+    # 6. Escape hatches.
+    check(env_of(lb_c).get("RUST_LOG") == inj_env.get("RUST_LOG") == (merged.get("logLevel") or "info"),
+          f"{label}: RUST_LOG from logLevel")
+    json_logs = merged.get("logFormat") == "json"
+    check((env_of(lb_c).get("ROSTER_LOG_FORMAT") == inj_env.get("ROSTER_LOG_FORMAT") == "json") == json_logs
+          and inj_env.get("ROSTER_AGENT_LOG_FORMAT") == ("json" if json_logs else "text"),
+          f"{label}: logFormat {'json' if json_logs else 'text'} for the LB, the injector and the agents")
+    for part, c, spec in (("lb", lb_c, lb_spec), ("injector", inj_c, inj_spec)):
+        extra = (merged.get("extraEnv") or []) + (dig(merged, part, "extraEnv") or [])
+        xa = dig(merged, part, "extraArgs") or []
+        check(all(e in c["env"] for e in extra) and c["args"][len(c["args"]) - len(xa):] == xa,
+              f"{label}: {part} extraEnv/extraArgs rendered")
+        labels = (lb if part == "lb" else inj)["spec"]["template"]["metadata"]["labels"]
+        check(all(labels.get(k) == v for k, v in (merged.get("commonLabels") or {}).items()),
+              f"{label}: commonLabels on the {part} pod template")
+        if dig(merged, part, "priorityClassName"):
+            check(spec.get("priorityClassName") == dig(merged, part, "priorityClassName"),
+                  f"{label}: {part} priorityClassName")
+    if dig(merged, "lb", "extraVolumes"):
+        check(all(v in lb_spec["volumes"] for v in dig(merged, "lb", "extraVolumes"))
+              and all(m in lb_c["volumeMounts"] for m in dig(merged, "lb", "extraVolumeMounts")),
+              f"{label}: lb extraVolumes/extraVolumeMounts")
+    uid = dig(merged, "injector", "agent")
+    uid = uid.get("runAsUser", 65532) if isinstance(uid, dict) else 65532
+    check(inj_env.get("ROSTER_AGENT_RUN_AS_USER") == ("none" if uid is None else str(uid)),
+          f"{label}: injected agents run as {uid if uid is not None else 'the platform-assigned uid'}")
+    if "runAsUser" in (merged.get("podSecurityContext") or {}):
+        check("runAsUser" not in lb_spec["securityContext"] and "runAsUser" not in inj_spec["securityContext"]
+              and lb_spec["securityContext"].get("runAsNonRoot") is True,
+              f"{label}: podSecurityContext.runAsUser=null leaves the uid to the platform (OpenShift)")
+    if dig(merged, "injector", "tolerations"):
+        check(inj_spec.get("tolerations") == dig(merged, "injector", "tolerations")
+              and inj_spec.get("nodeSelector") == dig(merged, "injector", "nodeSelector"),
+              f"{label}: injector tolerations/nodeSelector")
+    listen = int((dig(config, "lb", "listen") or ":8000").rsplit(":", 1)[1])
+    if listen < 1024 and dig(merged, "lb", "hostNetwork"):
+        sc = lb_c["securityContext"]
+        check(sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]} and sc["runAsUser"] == 0
+              and sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True,
+              f"{label}: hostNetwork on port {listen}: uid 0 with only NET_BIND_SERVICE (no ambient caps for non-root)")
+    elif listen < 1024:
+        check({"name": "net.ipv4.ip_unprivileged_port_start", "value": str(listen)}
+              in lb_spec["securityContext"].get("sysctls", []),
+              f"{label}: port {listen} in the pod's own network namespace: ip_unprivileged_port_start sysctl, still non-root")
+
+    # 7. Readiness does not flap; monitors are explicit (checked by the caller).
+    rp = lb_c["readinessProbe"]
+    check(rp["failureThreshold"] == (dig(merged, "lb", "readinessProbe", "failureThreshold") or 3),
+          f"{label}: LB readiness failureThreshold {rp['failureThreshold']}")
+
+    # 8. Namespace opt-in and pod opt-out in the webhook configuration.
+    hooks = by_kind["MutatingWebhookConfiguration"][0]["webhooks"]
+    sel = {h["clientConfig"]["service"]["path"]: h for h in hooks}
+    ns_expr = lambda h: [e for e in h["namespaceSelector"]["matchExpressions"] if e["key"] == "roster.dev/inject"]
+    check(set(sel) == {"/mutate", "/mutate/namespace"}
+          and ns_expr(sel["/mutate/namespace"]) == [{"key": "roster.dev/inject", "operator": "In", "values": ["enabled"]}]
+          and ns_expr(sel["/mutate"]) == [{"key": "roster.dev/inject", "operator": "NotIn",
+                                            "values": ["enabled", "disabled"]}]
+          and all(h["objectSelector"] == {"matchExpressions": [{"key": "roster.dev/inject", "operator": "NotIn",
+                                                                 "values": ["false"]}]} for h in hooks),
+          f"{label}: webhooks for annotated pods and for namespaces labelled roster.dev/inject=enabled;"
+          " pods labelled roster.dev/inject=false skipped")
+
+    # 9. helm test pod; TLS and h2c on the Service.
+    tests = [o for o in by_kind.get("Pod", []) if o["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+    if check(len(tests) == 1, f"{label}: one helm test pod"):
+        args = tests[0]["spec"]["containers"][0]["args"]
+        check(any(a.endswith(":8080/readyz") for a in args) and any(a.endswith(":8080/backends") for a in args)
+              and "--fail" in args and "--max-time" in args,
+              f"{label}: helm test checks /readyz and /backends on roster-lb-control (bounded)")
+        check_restricted(tests[0]["spec"], f"{label} helm test Pod")
+    svc = next(o for o in by_kind["Service"] if o["metadata"]["name"] == "roster-lb")
+    ports = {p["name"]: p for p in svc["spec"]["ports"]}
+    tls = dig(merged, "lb", "tls", "secretName")
+    check(ports["http"].get("appProtocol") == "http" and ("https" in ports) == bool(tls)
+          and (not tls or ports["https"]["appProtocol"] == "https" and ports["https"]["targetPort"] == "https"),
+          f"{label}: roster-lb ports http (appProtocol http, h2c too){' and https' if tls else ''}")
+    if tls:
+        certs = dig(config, "lb", "tls", "certs")
+        vol = next((v for v in lb_spec["volumes"] if v.get("secret", {}).get("secretName") == tls), None)
+        check(certs == [{"cert_file": "/etc/roster/tls/tls.crt", "key_file": "/etc/roster/tls/tls.key"}]
+              and dig(config, "lb", "tls", "listen") == "0.0.0.0:8443" and vol is not None
+              and {"name": vol["name"], "mountPath": "/etc/roster/tls", "readOnly": True} in lb_c["volumeMounts"]
+              and any(p["name"] == "https" and p["containerPort"] == 8443 for p in lb_c["ports"]),
+              f"{label}: lb.tls.secretName mounted at /etc/roster/tls, config.lb.tls.listen 8443 and certs")
+    if dig(merged, "config", "routes"):
+        check(config.get("routes") == merged["config"]["routes"]
+              and config.get("services") == merged["config"]["services"],
+              f"{label}: config.routes and config.services reach roster.yaml")
+
+
 def check_config_accepted(label: str, config: dict, roster: str) -> None:
     """The rendered roster.yaml must be a config `roster lb` accepts."""
     schema = subprocess.run([roster, "schema"], capture_output=True, text=True, timeout=20).stdout
-    missing = [k for k in ("kubernetes_auth",) if k in json.dumps(config) and k not in schema]
+    keys = {k for k, _ in kit_gates.walk(config) for k in [k.rsplit(".", 1)[-1]]}
+    missing = [k for k in ("kubernetes_auth",) + kit_gates.PENDING_CONFIG_KEYS
+               if k in keys and f'"{k}"' not in schema]
     if missing:
-        print(f"  skip {label}: this roster build has no registration.{missing[0]} yet; "
+        print(f"  skip {label}: this roster build has no config key {missing[0]} yet; "
               f"config not fed to `roster lb --print-config`", flush=True)
         return
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
@@ -523,8 +713,8 @@ class Injector:
                 time.sleep(0.1)
         return False
 
-    def review(self, body: bytes) -> dict:
-        status, data = self.request("POST", "/mutate", body)
+    def review(self, body: bytes, path: str = "/mutate") -> dict:
+        status, data = self.request("POST", path, body)
         if status != 200:
             raise AssertionError(f"/mutate answered {status}: {data[:200]!r}")
         return json.loads(data)
@@ -759,6 +949,64 @@ def webhook_round_trip(roster: str, versions: list[str]) -> None:
             native.stop()
             classic.stop()
         check(native.proc.returncode == 0, "injector exits 0 on SIGTERM")
+
+
+def chart_wired_injector(roster: str, versions: list[str]) -> None:
+    """`roster inject` with exactly the env the chart gives it (per Kubernetes
+    version, with a non-default health interval): what reaches the agents."""
+    print("[webhook] the injector as the chart configures it", flush=True)
+    values = {"config": {"health_check": {"interval": "2s"}}, "logFormat": "json",
+              "injector": {"agent": {"imagePullSecrets": [{"name": "regcred"}]}}}
+    with tempfile.TemporaryDirectory() as tmp:
+        certs = Path(tmp)
+        subprocess.run([roster, "inject", "--generate-cert", str(certs), "--dns-name", "localhost"],
+                       capture_output=True, timeout=20, check=True)
+        for kube in (MIN_KUBE, "1.30", versions[-1]):
+            objs = objects(render(values, kube_version=f"v{kube}.0"))
+            dep = next(o for _, o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "roster-injector")
+            env = {k: v for k, v in env_of(dep["spec"]["template"]["spec"]["containers"][0]).items()
+                   if v is not None and k.startswith("ROSTER_")}
+            inj = Injector(roster, certs, [], env)
+            try:
+                if not check(inj.wait_ready(), f"Kubernetes {kube}: injector starts with the chart's env"):
+                    print(inj.output())
+                    continue
+                pod = demo_pod({"roster.dev/inject": "true"})
+                patched = apply_patch(pod, inj.review(admission_review(pod, "uid-c1"))["response"])
+                agent = next(c for c in patched["spec"]["initContainers"] if c["name"] == "roster-agent")
+                a_env = env_of(agent)
+                check(a_env.get("ROSTER_LOG_FORMAT") == "json",
+                      f"Kubernetes {kube}: logFormat json reaches the agent (ROSTER_LOG_FORMAT)")
+                check(a_env.get("ROSTER_HEALTH_INTERVAL") == "2s",
+                      f"Kubernetes {kube}: config.health_check.interval 2s reaches the agent (ROSTER_HEALTH_INTERVAL)")
+                check(a_env.get("ROSTER_SERVICE") == "demo" and a_env.get("ROSTER_APP_PROTOCOL") == "http1",
+                      f"Kubernetes {kube}: agent ROSTER_SERVICE=demo (ReplicaSet demo-7d4b9c minus its hash),"
+                      " ROSTER_APP_PROTOCOL=http1 (port named http)")
+                vol = next(v for v in patched["spec"]["volumes"] if v["name"] == "roster-agent-token")
+                check(vol["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "roster"
+                      and {"name": "regcred"} in patched["spec"].get("imagePullSecrets", []),
+                      f"Kubernetes {kube}: default kubernetes auth (projected token), agent imagePullSecrets")
+                sleeps = "sleep" in patched["spec"]["containers"][0].get("lifecycle", {}).get("preStop", {})
+                gated = kit_gates.gated_fields(patched, kube)
+                check(sleeps == (kit_gates.minor(kube) >= (1, 30)) and not gated,
+                      f"Kubernetes {kube}: app preStop sleep {'on' if sleeps else 'off'}, no gated field in the patched pod"
+                      + (f": {gated}" if gated else ""))
+                validate_strict(patched, [kube], f"Kubernetes {kube} chart-wired patched Pod")
+                # Namespace opt-in: no annotation needed; "false" opts out.
+                for anns, want in (({}, True), ({"roster.dev/inject": "false"}, False)):
+                    resp = inj.review(admission_review(demo_pod(anns), "uid-c2"), "/mutate/namespace")["response"]
+                    check(resp["allowed"] and ("patch" in resp) == want,
+                          f"Kubernetes {kube}: /mutate/namespace with annotations {anns}: "
+                          + ("injected" if want else "left alone"))
+            finally:
+                inj.stop()
+            lines = [ln for ln in inj.output().splitlines() if ln.strip()]
+            try:
+                parsed = [json.loads(ln) for ln in lines]
+            except ValueError:
+                parsed = []
+            check(bool(lines) and len(parsed) == len(lines) and all("level" in p and "message" in p for p in parsed),
+                  f"Kubernetes {kube}: the injector logs JSON lines with logFormat json ({len(lines)} lines)")
 
 
 # ------------------------------------------------ self-managed TLS bootstrap
@@ -996,12 +1244,15 @@ def main() -> int:
     print(f"kubernetes-validate strict schemas: {', '.join(versions)}")
     check_lint(versions)
     for label, values in VALUE_SETS.items():
-        check_value_set(label, values, versions, args.roster)
-    for label in MIN_KUBE_SETS:
-        check_value_set(label, VALUE_SETS[label], [MIN_KUBE], args.roster, kube_version=MIN_KUBE)
+        check_value_set(label, values, versions, args.roster, kube_version=versions[-1])
+    # The supported range's edges: 1.29 (no sleep action) and 1.30 (sleep action on).
+    for kube in (MIN_KUBE, "1.30"):
+        for label in MIN_KUBE_SETS:
+            check_value_set(label, VALUE_SETS[label], [kube], args.roster, kube_version=kube)
     check_bad_values()
     check_fresh(args.roster)
     webhook_round_trip(args.roster, [MIN_KUBE] + versions)
+    chart_wired_injector(args.roster, versions)
     self_managed_bootstrap(args.roster)
     took = time.monotonic() - start
     if FAILURES:

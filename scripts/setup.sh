@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what building and testing roster needs, idempotently.
 #   scripts/setup.sh          build deps (cmake for libz-ng-sys)
-#   scripts/setup.sh kit      + a venv with the offline Helm/Kubernetes checkers
+#   scripts/setup.sh kit      + a venv with the offline Helm/Kubernetes checkers, shellcheck
 #   scripts/setup.sh browser  + Debian's chromium for the UI test
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,7 @@ for what in "$@"; do
   case "$what" in
     browser) command -v chromium >/dev/null || need_apt+=(chromium) ;;
     bench) for p in nginx haproxy wrk; do command -v "$p" >/dev/null || need_apt+=("$p"); done ;;
+    kit) command -v shellcheck >/dev/null || need_apt+=(shellcheck) ;;
   esac
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -11,6 +11,8 @@ use serde_json::{Map, Value};
 
 use crate::config::{Config, duration_schema};
 
+mod config_keys;
+
 /// A Kubernetes object passed through as is.
 type Object = Map<String, Value>;
 
@@ -54,7 +56,22 @@ pub struct Resources {
 pub struct HelmValues {
     /// The roster image; the LB, the injector and the injected agents all run it.
     pub image: Image,
-    pub image_pull_secrets: Vec<Object>,
+    /// Secrets (in the release namespace) for pulling the image: `[{name: regcred}]`.
+    pub image_pull_secrets: Vec<SecretRef>,
+    /// RUST_LOG of the LBs and the injector: a level, then `target=level` pairs.
+    #[schemars(regex(
+        pattern = r"^(error|warn|info|debug|trace|off)(,[A-Za-z0-9_:]+=(error|warn|info|debug|trace|off))*$"
+    ))]
+    pub log_level: String,
+    /// Log lines as text, or JSON objects for log pipelines (LBs, injector, agents).
+    pub log_format: LogFormat,
+    /// Extra environment variables of the LB and injector containers.
+    pub extra_env: Vec<EnvVar>,
+    /// Pod securityContext of the LB and injector pods (merged over nothing:
+    /// what is here is what is rendered; `runAsUser: null` for OpenShift).
+    pub pod_security_context: Object,
+    /// Container securityContext of the LB and injector containers.
+    pub security_context: Object,
     pub name_override: String,
     pub fullname_override: String,
     /// Labels added to every object.
@@ -67,24 +84,66 @@ pub struct HelmValues {
     pub injector: Injector,
     /// How agents authenticate to the LBs.
     pub auth: Auth,
-    /// Prometheus Operator ServiceMonitor for the LBs' /telemetry (only when the CRD exists).
+    /// Prometheus Operator ServiceMonitor for the LBs' /telemetry (explicit opt-in: needs the CRD).
     pub service_monitor: Monitor,
-    /// Prometheus Operator PodMonitor for injected agents' /telemetry (only when the CRD exists).
+    /// Prometheus Operator PodMonitor for injected agents' /telemetry (explicit opt-in: needs the CRD).
     pub pod_monitor: Monitor,
     /// NetworkPolicy for the LB pods.
     pub network_policy: NetworkPolicy,
     /// ConfigMap with the Grafana dashboards of `dashboards/`, for the Grafana sidecar.
     pub grafana_dashboard: GrafanaDashboard,
+    /// `helm test`: a pod that checks the LBs' /readyz and /backends.
+    pub tests: Tests,
     /// Helm's global values (for parent charts).
     pub global: Object,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// A Kubernetes object name (DNS subdomain).
+const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$";
+
+/// A reference to a Secret by name.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    #[schemars(regex(pattern = NAME_PATTERN))]
+    pub name: String,
+}
+
+/// A container environment variable (`value` or `valueFrom`).
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EnvVar {
+    #[schemars(regex(pattern = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"))]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<Object>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default, rename_all = "camelCase")]
 pub struct Image {
+    /// Registry host (and port), e.g. registry.example.com; empty: none
+    /// (the image must then already be on the nodes, as with `kind load`).
+    #[schemars(regex(pattern = r"^([a-zA-Z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)*)?$"))]
+    pub registry: String,
+    #[schemars(regex(pattern = r"^[a-z0-9]+([._/-][a-z0-9]+)*$"))]
     pub repository: String,
     /// Default: the chart's appVersion.
+    #[schemars(regex(pattern = r"^([A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"))]
     pub tag: String,
+    /// `sha256:…`; wins over the tag.
+    #[schemars(regex(pattern = r"^(sha256:[a-f0-9]{64})?$"))]
+    pub digest: String,
     pub pull_policy: PullPolicy,
 }
 
@@ -117,9 +176,22 @@ pub struct Lb {
     pub host_network: bool,
     /// DaemonSet only: also expose the proxy on this port of every node (0 = off).
     pub host_port: u16,
-    /// Sleep before SIGTERM so Service endpoints stop sending first.
+    /// Sleep before SIGTERM so Service endpoints stop sending first
+    /// (0: no preStop hook).
     #[schemars(range(min = 0, max = 300))]
     pub pre_stop_sleep_seconds: u32,
+    /// The readiness probe on /readyz.
+    pub readiness_probe: ProbeTuning,
+    /// TLS on `lb.tls.listen` (8443) from a Secret.
+    pub tls: LbTls,
+    /// Extra arguments after `lb --config …`.
+    pub extra_args: Vec<String>,
+    /// Extra environment variables of the LB container.
+    pub extra_env: Vec<EnvVar>,
+    /// Extra volumes of the LB pods.
+    pub extra_volumes: Vec<Object>,
+    /// Extra volumeMounts of the LB container.
+    pub extra_volume_mounts: Vec<Object>,
     pub resources: Resources,
     pub pod_annotations: std::collections::BTreeMap<String, String>,
     pub pod_labels: std::collections::BTreeMap<String, String>,
@@ -132,6 +204,26 @@ pub struct Lb {
     /// The traffic Service (`<release>-lb`).
     pub service: LbService,
     pub pdb: Pdb,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default, rename_all = "camelCase")]
+pub struct ProbeTuning {
+    #[schemars(range(min = 1, max = 60))]
+    pub period_seconds: u32,
+    /// Failures in a row before the pod leaves the Service (1 flaps under load).
+    #[schemars(range(min = 1, max = 30))]
+    pub failure_threshold: u32,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default, rename_all = "camelCase")]
+pub struct LbTls {
+    /// A `kubernetes.io/tls` Secret (tls.crt, tls.key; cert-manager's
+    /// Certificate makes one); empty: no TLS listener. The chart mounts it
+    /// and sets `config.lb.tls.listen` and `config.lb.tls.certs`.
+    #[schemars(regex(pattern = r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)?$"))]
+    pub secret_name: String,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
@@ -149,6 +241,9 @@ pub struct LbService {
     pub type_: ServiceType,
     #[schemars(range(min = 1))]
     pub port: u16,
+    /// The https port, when `lb.tls.secretName` is set.
+    #[schemars(range(min = 1))]
+    pub https_port: u16,
     /// NodePort/LoadBalancer: a fixed node port (null = allocated).
     pub node_port: Option<u16>,
     pub annotations: std::collections::BTreeMap<String, String>,
@@ -208,6 +303,10 @@ pub struct Injector {
     pub affinity: Object,
     pub priority_class_name: String,
     pub pdb: Pdb,
+    /// Extra arguments after `inject`.
+    pub extra_args: Vec<String>,
+    /// Extra environment variables of the injector container.
+    pub extra_env: Vec<EnvVar>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
@@ -215,6 +314,12 @@ pub struct Injector {
 pub struct Agent {
     /// Resources of each injected `roster-agent`.
     pub resources: Resources,
+    /// Secrets, in each app namespace, for pulling the agent image; added
+    /// to injected pods.
+    pub image_pull_secrets: Vec<SecretRef>,
+    /// The agent's uid and gid; null: the platform's (OpenShift).
+    #[schemars(range(min = 1))]
+    pub run_as_user: Option<u32>,
     /// LB control addresses agents announce to (host:port); empty: the chart's `<release>-lb-control` Service.
     pub load_balancers: Vec<String>,
 }
@@ -296,6 +401,26 @@ pub struct NetworkPolicy {
 
 #[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default, rename_all = "camelCase")]
+pub struct Tests {
+    /// Render the `helm test` pod.
+    pub enabled: bool,
+    /// An image with curl (the roster image has no shell nor curl).
+    pub image: TestImage,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default, rename_all = "camelCase")]
+pub struct TestImage {
+    #[schemars(regex(pattern = r"^([a-zA-Z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)*)?$"))]
+    pub registry: String,
+    #[schemars(regex(pattern = r"^[a-z0-9]+([._/-][a-z0-9]+)*$"))]
+    pub repository: String,
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"))]
+    pub tag: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default, rename_all = "camelCase")]
 pub struct GrafanaDashboard {
     pub enabled: bool,
     /// Namespace of the ConfigMap; empty: the release's.
@@ -310,6 +435,7 @@ pub fn values_schema() -> String {
     let mut schema = schemars::schema_for!(HelmValues).to_value();
     // values.yaml documents the defaults; the types' zero values would mislead.
     strip_defaults(&mut schema);
+    config_keys::add_pending(&mut schema);
     let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
     text.push('\n');
     text

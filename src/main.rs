@@ -33,6 +33,28 @@ enum Command {
     Inject(Box<roster::inject::InjectArgs>),
     /// Print the JSON Schema of the config file (or of the Helm chart's values).
     Schema(SchemaArgs),
+    /// Sleep, then exit 0: an exec preStop hook for images without a shell
+    /// (Kubernetes 1.29 has no `sleep` lifecycle action).
+    Sleep(SleepArgs),
+}
+
+/// Longest `roster sleep`: a preStop hook never needs more (the kubelet
+/// stops it at the grace period anyway).
+const MAX_SLEEP: std::time::Duration = std::time::Duration::from_secs(3600);
+
+#[derive(clap::Args)]
+struct SleepArgs {
+    /// How long: 5s, 1m 30s, 500ms (at most 1h).
+    #[arg(value_parser = parse_sleep)]
+    duration: std::time::Duration,
+}
+
+fn parse_sleep(s: &str) -> Result<std::time::Duration, String> {
+    let d = roster::config::parse_duration(s)?;
+    if d > MAX_SLEEP {
+        return Err(format!("{s}: at most 1h"));
+    }
+    Ok(d)
 }
 
 #[derive(clap::Args)]
@@ -52,6 +74,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Sleep(args) = &cli.command {
+        // No logging, no runtime: a preStop hook's output goes nowhere.
+        std::thread::sleep(args.duration);
+        return Ok(());
+    }
     roster::telemetry::init_tracing();
     roster::demo::exit_with_demo_parent();
     match cli.command {
@@ -106,6 +133,7 @@ fn main() -> anyhow::Result<()> {
                 .context("roster inject")?;
         }
         Command::Schema(args) if args.helm => print!("{}", roster::helm::values_schema()),
+        Command::Sleep(_) => {}
         Command::Schema(_) => {
             let schema = schemars::schema_for!(Config);
             println!("{}", serde_json::to_string_pretty(&schema)?);

@@ -114,6 +114,9 @@ pub struct Vitals {
     /// The backend's id; when present the LB refuses a mismatch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// Why `ready` is false, when the agent knows (absent when ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// One entry of `GET /registry`.

@@ -7,14 +7,21 @@ use prometheus::{
 
 use std::sync::OnceLock;
 
-/// Install the global tracing subscriber: `RUST_LOG` filter, default `info`.
+pub mod json;
+
+/// Install the global tracing subscriber: `RUST_LOG` filter, default `info`;
+/// `ROSTER_LOG_FORMAT=json` for JSON lines ([`json`]).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if json::wanted(std::env::var("ROSTER_LOG_FORMAT").ok().as_deref()) {
+        fmt.event_format(json::JsonLines).try_init()
+    } else {
+        fmt.try_init()
+    };
 }
 
 /// Every metric the LB exports.

@@ -1,6 +1,8 @@
 //! `roster inject` on loopback: certificates from files, reloaded when the
 //! files change; `--generate-cert`; graceful exit. The admission round trip
-//! itself is checked by scripts/kit.py against the same binary.
+//! itself is checked by scripts/kit.py against the same binary. Also what
+//! the chart relies on around it: `roster sleep` (the LB's preStop on 1.29)
+//! and an injected agent whose optional token Secret is missing.
 
 mod common;
 
@@ -165,4 +167,111 @@ fn unreadable_cert_files_are_named() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/tls.crt"), "{err}");
+}
+
+/// The LB's preStop on Kubernetes 1.29 (no `sleep` action there, no shell
+/// in the image): `roster sleep 5s` waits, then exits 0; nonsense fails.
+#[test]
+fn sleep_subcommand_for_the_exec_pre_stop() {
+    let start = Instant::now();
+    let out = Command::new(BIN).args(["sleep", "300ms"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    assert!(start.elapsed() < Duration::from_secs(5));
+    for bad in ["soon", "2h", "-1s"] {
+        let out = Command::new(BIN).args(["sleep", bad]).output().unwrap();
+        assert!(!out.status.success(), "{bad}");
+    }
+}
+
+/// An injected agent in a namespace without the token Secret (the volume
+/// is optional): it runs, logs the missing token, and its vitals say
+/// `ready: false` with the reason; once the file appears it clears.
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_token_is_reported_in_the_vitals_and_the_log() {
+    let dir = tempfile_dir("roster-token-e2e");
+    let token = dir.join("token");
+    let log = dir.join("agent.log");
+    let vitals = free_addr("127.0.40.3");
+    let app = free_addr("127.0.40.3");
+    let (vitals_s, token_s, app_s) = (
+        vitals.port().to_string(),
+        token.display().to_string(),
+        app.to_string(),
+    );
+    let mut agent = Proc::spawn_bin(
+        common::AGENT_BIN,
+        "agent-no-token",
+        &[
+            "--id",
+            "no-token",
+            "--address",
+            &app_s,
+            "--discovery-lb",
+            "127.0.40.4:9",
+            "--metrics-listen",
+            "127.0.40.3",
+            "--metrics-port",
+            &vitals_s,
+            "--announce-interval",
+            "1s",
+            "--app-health",
+            "none",
+            "--token-file",
+            &token_s,
+        ],
+        &[],
+        Some(&log),
+    );
+    let url = format!("http://{vitals}/metrics");
+    let client = common::client();
+    let vitals_now = || async {
+        let r = client.get(&url).send().await.ok()?;
+        r.json::<serde_json::Value>().await.ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        if let Some(v) = vitals_now().await
+            && v["reason"].is_string()
+        {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "no not-ready reason on {url}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(v["ready"], false, "{v}");
+    let reason = v["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("registration token file"), "{reason}");
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(logged.contains("registration token missing"), "{logged}");
+
+    std::fs::write(&token, "s3cret\n").expect("write token");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = vitals_now().await
+            && v["ready"] == true
+        {
+            assert!(v.get("reason").is_none(), "{v}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still not ready once the token exists"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    agent.signal("KILL");
+    let _ = agent.wait_exit(Duration::from_secs(5));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
 }

@@ -90,17 +90,59 @@ struct Answer {
     next_announce_seconds: Option<u64>,
 }
 
+/// Whether the registration token could be read, for the vitals: a pod
+/// whose namespace lacks the token Secret (the injected volume is optional)
+/// runs, says `ready: false` with the reason, and logs it once.
+#[derive(Default)]
+pub(crate) struct TokenState(parking_lot::Mutex<Option<String>>);
+
+impl TokenState {
+    /// The current problem, if any.
+    pub fn problem(&self) -> Option<String> {
+        self.0.lock().clone()
+    }
+
+    /// Record the outcome of one read; logs only on a change.
+    fn record(&self, outcome: &Result<Option<String>, String>) {
+        let mut slot = self.0.lock();
+        match outcome {
+            Err(why) if slot.as_deref() != Some(why.as_str()) => {
+                tracing::error!(
+                    "registration token missing: {why}. The LBs refuse this backend until it \
+                     appears (auth.mode token: the Secret must exist in this pod's namespace; \
+                     the vitals say ready: false meanwhile)"
+                );
+                *slot = Some(why.clone());
+            }
+            Ok(_) if slot.is_some() => {
+                tracing::info!("registration token found: announcing with it");
+                *slot = None;
+            }
+            _ => {}
+        }
+    }
+}
+
 /// The bearer token, read fresh each time (rotated Secrets and projected
 /// tokens just work). Never logged.
 fn read_token(sh: &Shared) -> Result<Option<String>, String> {
-    let Some(path) = &sh.settings.token_file else {
+    let outcome = read_token_file(sh.settings.token_file.as_deref());
+    sh.token.record(&outcome);
+    outcome
+}
+
+fn read_token_file(path: Option<&std::path::Path>) -> Result<Option<String>, String> {
+    let Some(path) = path else {
         return Ok(None);
     };
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("token file {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("registration token file {}: {e}", path.display()))?;
     let token = text.trim();
     if token.is_empty() {
-        return Err(format!("token file {} is empty", path.display()));
+        return Err(format!(
+            "registration token file {} is empty",
+            path.display()
+        ));
     }
     Ok(Some(token.to_string()))
 }
@@ -414,6 +456,35 @@ mod tests {
             request_timeout(Duration::from_millis(200)),
             Duration::from_millis(500)
         );
+    }
+
+    #[test]
+    fn a_missing_token_is_a_reported_problem_until_it_appears() {
+        let dir = std::env::temp_dir().join(format!("roster-token-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        let state = TokenState::default();
+        assert_eq!(read_token_file(None), Ok(None), "no token configured");
+
+        let missing = read_token_file(Some(&path));
+        state.record(&missing);
+        let why = state.problem().expect("reported");
+        assert!(
+            why.contains("registration token file") && why.contains("token"),
+            "{why}"
+        );
+
+        std::fs::write(&path, "  \n").unwrap();
+        state.record(&read_token_file(Some(&path)));
+        assert!(state.problem().unwrap().contains("is empty"));
+
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let found = read_token_file(Some(&path));
+        assert_eq!(found, Ok(Some("s3cret".into())));
+        state.record(&found);
+        assert_eq!(state.problem(), None, "cleared once the Secret is mounted");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

@@ -376,6 +376,8 @@ pub(crate) struct Shared {
     pub sampler: Mutex<resources::Sampler>,
     pub metrics: vitals::AgentMetrics,
     pub drain: drain::DrainState,
+    /// A missing registration token, reported in the vitals.
+    pub token: announce::TokenState,
 }
 
 impl Shared {
@@ -392,6 +394,7 @@ impl Shared {
             app: observed.app.as_ref(),
             resources: res,
             uptime: self.started.elapsed(),
+            blocked: self.token.problem(),
         })
     }
 }
@@ -484,6 +487,7 @@ impl Agent {
             sampler: Mutex::new(sampler),
             metrics,
             drain: drain::DrainState::new(),
+            token: announce::TokenState::default(),
         });
         let table = crate::limits::ConnTable::new("vitals", vitals_limits);
         tokio::spawn(vitals::serve(listener, table, Arc::clone(&shared)));

@@ -40,6 +40,8 @@ pub struct Inputs<'a> {
     pub app: Option<&'a AppVitals>,
     pub resources: Resources,
     pub uptime: Duration,
+    /// Registration cannot work (the token is missing): not ready, and why.
+    pub blocked: Option<String>,
 }
 
 /// Merge the sources into the vitals.
@@ -53,8 +55,22 @@ pub fn merge(i: Inputs<'_>) -> Vitals {
     let default = AppVitals::default();
     let app = i.app.unwrap_or(&default);
     let c = i.counters;
+    // The first reason that holds; None exactly when ready.
+    let reason = [
+        (i.blocked.is_some(), i.blocked.clone().unwrap_or_default()),
+        (i.draining, "draining".to_string()),
+        (!i.app_healthy, "the app's health check fails".to_string()),
+        (!c.app_ready, "the app set itself not ready".to_string()),
+        (
+            app.ready == Some(false),
+            "the app's vitals say ready: false".to_string(),
+        ),
+    ]
+    .into_iter()
+    .find_map(|(holds, why)| holds.then_some(why));
     Vitals {
-        ready: !i.draining && i.app_healthy && c.app_ready && app.ready.unwrap_or(true),
+        ready: reason.is_none(),
+        reason,
         requests_in_progress: c
             .requests_in_progress
             .saturating_add(app.requests_in_progress.unwrap_or(0)),
@@ -324,6 +340,7 @@ mod tests {
             },
             app_healthy: true,
             app,
+            blocked: None,
             resources: Resources {
                 cpu_usage: 35.2,
                 memory_usage: 67.8,
@@ -391,6 +408,22 @@ mod tests {
         };
         i.app = Some(&app);
         assert_eq!(merge(i).requests_in_progress, u32::MAX, "saturates");
+    }
+
+    #[test]
+    fn not_ready_says_why_and_ready_stays_the_seed_shape() {
+        let mut i = inputs(None);
+        i.blocked = Some("registration token missing".into());
+        let v = merge(i);
+        assert!(!v.ready);
+        assert_eq!(v.reason.as_deref(), Some("registration token missing"));
+        let mut i = inputs(None);
+        i.draining = true;
+        assert_eq!(merge(i).reason.as_deref(), Some("draining"));
+        let v = merge(inputs(None));
+        assert!(v.ready && v.reason.is_none());
+        let json = serde_json::to_value(&v).unwrap();
+        assert!(json.get("reason").is_none(), "absent when ready: {json}");
     }
 
     #[test]

@@ -65,6 +65,7 @@ pub struct Config {
     /// The most specific match wins; reloaded from the file on change.
     pub routes: Vec<RouteConfig>,
     /// Per-service overrides of the LB's defaults, by service name.
+    #[schemars(extend("propertyNames" = {"pattern": "^[A-Za-z0-9._-]{1,253}$"}))]
     pub services: std::collections::BTreeMap<String, ServiceConfig>,
     /// The file this came from, watched for route changes (not a key).
     #[serde(skip)]

@@ -21,12 +21,15 @@ pub struct RouteConfig {
     /// subdomain depth, not the apex); matched without the port,
     /// case-insensitively. Absent = any host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$"))]
     pub host: Option<String>,
     /// Path prefix matched on segment boundaries: `/api` matches `/api`,
     /// `/api/` and `/api/v1`, not `/apis`. Absent = any path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^/[^?# ]*$"))]
     pub path_prefix: Option<String>,
     /// The service the request goes to.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._-]{1,253}$"))]
     pub service: String,
 }
 

@@ -2,6 +2,7 @@
 //! `roster-agent` sidecar to pods annotated `roster.dev/inject: "true"`.
 //!
 //! - [`patch`]: the pure decision, Pod + [`InjectConfig`] → JSON patch.
+//! - [`resolve`]: the pod's service and app protocol, for the agent's env.
 //! - [`server`]: HTTPS, `POST /mutate`, `GET /healthz`; parse, answer, wrap.
 //! - [`certs`]: CA and serving certificates (rcgen), the swappable rustls key.
 //! - [`bootstrap`]: TLS without cert-manager: a Secret and the caBundle.
@@ -13,7 +14,10 @@
 pub mod bootstrap;
 pub mod certs;
 pub mod patch;
+pub mod resolve;
 pub mod server;
+#[cfg(test)]
+mod wiring;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,7 +28,7 @@ use clap::{ArgAction, Args};
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use tokio_rustls::TlsAcceptor;
 
-pub use patch::{InjectConfig, Injection, TokenSource, inject};
+pub use patch::{InjectConfig, Injection, OptIn, TokenSource, inject, inject_with};
 
 use crate::Error;
 use crate::config::{ConfigError, parse_duration};
@@ -95,6 +99,20 @@ pub struct InjectArgs {
     /// The agents' heartbeat period (default: the agent's).
     #[arg(long, env = "ROSTER_ANNOUNCE_INTERVAL", value_parser = parse_duration)]
     pub announce_interval: Option<Duration>,
+    /// The LBs' health_check.interval, passed to agents (they stay
+    /// not-ready at least this long when draining; default: the agent's).
+    #[arg(long, env = "ROSTER_HEALTH_INTERVAL", value_parser = parse_duration)]
+    pub health_interval: Option<Duration>,
+    /// Secrets for pulling the agent image (comma-separated names; each must
+    /// exist in the pod's namespace), added to injected pods' imagePullSecrets.
+    #[arg(long, env = "ROSTER_AGENT_IMAGE_PULL_SECRETS", value_delimiter = ',')]
+    pub agent_image_pull_secrets: Vec<String>,
+    /// The agent's uid/gid; `none` leaves them to the platform (OpenShift).
+    #[arg(long, env = "ROSTER_AGENT_RUN_AS_USER", default_value = "65532", value_parser = parse_uid)]
+    pub agent_run_as_user: RunAs,
+    /// The agents' log format: text or json (ROSTER_LOG_FORMAT on the agent).
+    #[arg(long, env = "ROSTER_AGENT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub agent_log_format: String,
     /// How long agents drain, and apps keep serving, once a pod terminates.
     #[arg(long, env = "ROSTER_DRAIN_PERIOD", default_value = "15s", value_parser = parse_duration)]
     pub drain_period: Duration,
@@ -148,6 +166,27 @@ impl InjectArgs {
             }
             (None, false) => TokenSource::None,
         };
+        if self.health_interval.is_some_and(|d| d.is_zero()) {
+            return Err(ConfigError::Invalid {
+                field: "--health-interval",
+                message: "must be more than 0".into(),
+            });
+        }
+        let image_pull_secrets: Vec<String> = self
+            .agent_image_pull_secrets
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if let Some(bad) = image_pull_secrets
+            .iter()
+            .find(|s| !crate::agent::valid_id(s))
+        {
+            return Err(ConfigError::Invalid {
+                field: "--agent-image-pull-secrets",
+                message: format!("{bad:?} is not a Secret name"),
+            });
+        }
         if self.drain_period.is_zero() {
             return Err(ConfigError::Invalid {
                 field: "--drain-period",
@@ -166,7 +205,26 @@ impl InjectArgs {
             token,
             resources,
             scrape_annotations: self.scrape_annotations,
+            health_interval: self.health_interval,
+            image_pull_secrets,
+            run_as_user: self.agent_run_as_user.0,
+            log_json: self.agent_log_format == "json",
         })
+    }
+}
+
+/// `--agent-run-as-user`: a uid, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunAs(pub Option<i64>);
+
+fn parse_uid(s: &str) -> Result<RunAs, String> {
+    match s.trim() {
+        "" | "none" => Ok(RunAs(None)),
+        n => match n.parse::<i64>() {
+            // The image's user is not root; uid 0 would defeat runAsNonRoot.
+            Ok(uid) if uid > 0 && uid <= i64::from(u32::MAX) => Ok(RunAs(Some(uid))),
+            _ => Err(format!("{s:?}: a uid above 0, or none")),
+        },
     }
 }
 
@@ -403,6 +461,34 @@ mod tests {
             }
         );
         assert!(config(&[]).unwrap().native_sidecar, "native by default");
+        let c = config(&[
+            "--health-interval",
+            "2s",
+            "--agent-image-pull-secrets",
+            "regcred, other",
+        ])
+        .unwrap();
+        assert_eq!(c.health_interval, Some(Duration::from_secs(2)));
+        assert_eq!(c.image_pull_secrets, ["regcred", "other"]);
+        assert_eq!(config(&[]).unwrap().health_interval, None);
+        assert_eq!(config(&[]).unwrap().run_as_user, Some(65532));
+        assert!(!config(&[]).unwrap().log_json);
+        assert!(config(&["--agent-log-format", "json"]).unwrap().log_json);
+        assert!(Cli::try_parse_from(["x", "--agent-log-format", "xml"]).is_err());
+        let c = config(&["--agent-run-as-user", "none"]).unwrap();
+        assert_eq!(c.run_as_user, None, "OpenShift picks the uid");
+        assert_eq!(
+            config(&["--agent-run-as-user", "1000"])
+                .unwrap()
+                .run_as_user,
+            Some(1000)
+        );
+        for bad in ["0", "-1", "root"] {
+            assert!(
+                Cli::try_parse_from(["x", "--agent-run-as-user", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -422,6 +508,11 @@ mod tests {
                 "--token-expiration",
             ),
             (&["--drain-period", "0s"], "--drain-period"),
+            (&["--health-interval", "0s"], "--health-interval"),
+            (
+                &["--agent-image-pull-secrets", "ok,not ok"],
+                "--agent-image-pull-secrets",
+            ),
         ] {
             let err = config(args).unwrap_err().to_string();
             assert!(err.contains(field), "{args:?}: {err}");

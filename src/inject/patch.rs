@@ -29,8 +29,13 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
-/// The annotation that asks for injection (value `"true"`).
+/// The annotation that asks for injection (value `"true"`), or, in a
+/// namespace labelled for injection, opts the pod out (value `"false"`).
 pub const INJECT_ANNOTATION: &str = "roster.dev/inject";
+/// The namespace label that opts every pod of the namespace in (`enabled`).
+pub const NAMESPACE_LABEL: &str = "roster.dev/inject";
+/// That label's value for opted-in namespaces (`disabled` opts a namespace out).
+pub const NAMESPACE_ENABLED: &str = "enabled";
 /// Port (number or containerPort name) the app serves traffic on.
 pub const APP_PORT_ANNOTATION: &str = "roster.dev/app-port";
 /// LB control addresses (`host:port`, comma-separated) overriding the chart's.
@@ -51,7 +56,7 @@ pub const TOKEN_VOLUME: &str = "roster-agent-token";
 pub const TOKEN_DIR: &str = "/var/run/secrets/roster";
 
 /// UID/GID of the distroless `nonroot` user the image runs as.
-const NONROOT_ID: i64 = 65532;
+pub const NONROOT_ID: i64 = 65532;
 /// Time the app gets after the drain, beyond the preStop sleep.
 const APP_STOP_SECONDS: i64 = 15;
 
@@ -90,6 +95,28 @@ pub struct InjectConfig {
     pub resources: ResourceRequirements,
     /// Add `prometheus.io/*` scrape annotations for the agent's `/telemetry`.
     pub scrape_annotations: bool,
+    /// The LBs' `health_check.interval`: agents stay not-ready at least
+    /// this long when draining (None: the agent's default).
+    pub health_interval: Option<Duration>,
+    /// Secrets (in the pod's namespace) for pulling the agent image; added
+    /// to the pod's `imagePullSecrets` when missing.
+    pub image_pull_secrets: Vec<String>,
+    /// The agent's uid and gid; None leaves them to the platform (OpenShift's
+    /// restricted SCC assigns one per namespace and refuses others).
+    pub run_as_user: Option<i64>,
+    /// Agents log JSON lines (`ROSTER_LOG_FORMAT=json`).
+    pub log_json: bool,
+}
+
+/// Which webhook asked: they differ only in what a pod without the
+/// annotation gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptIn {
+    /// The pod's own `roster.dev/inject: "true"` asks (any namespace).
+    Annotation,
+    /// The namespace is labelled `roster.dev/inject=enabled`: every pod is
+    /// injected unless annotated `roster.dev/inject: "false"`.
+    Namespace,
 }
 
 impl Default for InjectConfig {
@@ -106,6 +133,10 @@ impl Default for InjectConfig {
             token: TokenSource::None,
             resources: default_resources(),
             scrape_annotations: true,
+            health_interval: None,
+            image_pull_secrets: Vec::new(),
+            run_as_user: Some(NONROOT_ID),
+            log_json: false,
         }
     }
 }
@@ -158,16 +189,17 @@ pub enum Injection {
     Patched(Patch),
 }
 
-/// Decide and build the patch for `pod`. Pure: same input, same patch.
+/// Decide and build the patch for `pod` (annotation opt-in). Pure: same
+/// input, same patch.
 pub fn inject(pod: &Pod, cfg: &InjectConfig) -> Result<Injection, InjectError> {
+    inject_with(pod, cfg, OptIn::Annotation)
+}
+
+/// [`inject`], for the webhook `opt_in` names.
+pub fn inject_with(pod: &Pod, cfg: &InjectConfig, opt_in: OptIn) -> Result<Injection, InjectError> {
     let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-    let wanted = annotations
-        .get(INJECT_ANNOTATION)
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    if !wanted {
-        return Ok(Injection::Skipped(
-            "no roster.dev/inject: \"true\" annotation",
-        ));
+    if let Some(reason) = not_wanted(&annotations, opt_in) {
+        return Ok(Injection::Skipped(reason));
     }
     let spec = pod.spec.clone().unwrap_or_default();
     let has_agent = spec
@@ -189,6 +221,10 @@ pub fn inject(pod: &Pod, cfg: &InjectConfig) -> Result<Injection, InjectError> {
         Some(path) => Some(health_url(path, app_port)?),
         None => None,
     };
+    let identity = AgentIdentity {
+        service: super::resolve::service(pod)?,
+        protocol: super::resolve::app_protocol(pod, app_port)?,
+    };
     if cfg.token != TokenSource::None
         && spec
             .volumes
@@ -199,59 +235,11 @@ pub fn inject(pod: &Pod, cfg: &InjectConfig) -> Result<Injection, InjectError> {
         return Err(InjectError::VolumeConflict);
     }
 
-    let mut ops = Vec::new();
+    let mut ops = metadata_ops(pod, &annotations, cfg);
     let drain_secs = ceil_secs(cfg.drain_period);
-
-    // Metadata: scrape annotations and the injected label.
-    if cfg.scrape_annotations && !annotations.keys().any(|k| k.starts_with("prometheus.io/")) {
-        for (k, v) in [
-            ("prometheus.io/scrape", "true".to_string()),
-            ("prometheus.io/port", cfg.metrics_port.to_string()),
-            ("prometheus.io/path", "/telemetry".to_string()),
-        ] {
-            ops.push(add(&["metadata", "annotations", k], json!(v)));
-        }
-    }
-    if pod.metadata.labels.is_none() {
-        ops.push(add(&["metadata", "labels"], json!({})));
-    }
-    ops.push(add(&["metadata", "labels", INJECTED_LABEL], json!("true")));
-
-    // The token volume.
-    if let Some(volume) = token_volume(&cfg.token) {
-        let volume = serde_json::to_value(volume)?;
-        if spec.volumes.is_none() {
-            ops.push(add(&["spec", "volumes"], json!([volume])));
-        } else {
-            ops.push(add(&["spec", "volumes", "-"], volume));
-        }
-    }
-
-    // App containers keep serving through the drain.
+    spec_ops(&spec, cfg, &mut ops)?;
     if cfg.app_pre_stop_sleep {
-        let sleep = LifecycleHandler {
-            sleep: Some(SleepAction {
-                seconds: drain_secs,
-            }),
-            ..Default::default()
-        };
-        for (i, c) in spec.containers.iter().enumerate() {
-            let idx = i.to_string();
-            match &c.lifecycle {
-                None => ops.push(add(
-                    &["spec", "containers", &idx, "lifecycle"],
-                    serde_json::to_value(Lifecycle {
-                        pre_stop: Some(sleep.clone()),
-                        ..Default::default()
-                    })?,
-                )),
-                Some(l) if l.pre_stop.is_none() => ops.push(add(
-                    &["spec", "containers", &idx, "lifecycle", "preStop"],
-                    serde_json::to_value(&sleep)?,
-                )),
-                Some(_) => {}
-            }
-        }
+        app_sleep_ops(&spec, drain_secs, &mut ops)?;
     }
 
     // The agent itself.
@@ -260,6 +248,7 @@ pub fn inject(pod: &Pod, cfg: &InjectConfig) -> Result<Injection, InjectError> {
         app_port,
         &load_balancers,
         health.as_deref(),
+        &identity,
     ))?;
     if cfg.native_sidecar {
         if spec.init_containers.is_none() {
@@ -282,6 +271,118 @@ pub fn inject(pod: &Pod, cfg: &InjectConfig) -> Result<Injection, InjectError> {
         ));
     }
     Ok(Injection::Patched(Patch(ops)))
+}
+
+/// Why the pod is left alone, or None when the webhook `opt_in` names
+/// should inject it.
+fn not_wanted(annotations: &BTreeMap<String, String>, opt_in: OptIn) -> Option<&'static str> {
+    let said = annotations.get(INJECT_ANNOTATION).map(|v| v.trim());
+    match opt_in {
+        OptIn::Annotation if !said.is_some_and(|v| v.eq_ignore_ascii_case("true")) => {
+            Some("no roster.dev/inject: \"true\" annotation")
+        }
+        OptIn::Namespace if said.is_some_and(|v| v.eq_ignore_ascii_case("false")) => {
+            Some("opted out with roster.dev/inject: \"false\"")
+        }
+        _ => None,
+    }
+}
+
+/// Scrape annotations (unless the pod has its own) and the injected label.
+fn metadata_ops(
+    pod: &Pod,
+    annotations: &BTreeMap<String, String>,
+    cfg: &InjectConfig,
+) -> Vec<PatchOperation> {
+    let mut ops = Vec::new();
+    if cfg.scrape_annotations && !annotations.keys().any(|k| k.starts_with("prometheus.io/")) {
+        for (k, v) in [
+            ("prometheus.io/scrape", "true".to_string()),
+            ("prometheus.io/port", cfg.metrics_port.to_string()),
+            ("prometheus.io/path", "/telemetry".to_string()),
+        ] {
+            ops.push(add(&["metadata", "annotations", k], json!(v)));
+        }
+    }
+    if pod.metadata.labels.is_none() {
+        ops.push(add(&["metadata", "labels"], json!({})));
+    }
+    ops.push(add(&["metadata", "labels", INJECTED_LABEL], json!("true")));
+    ops
+}
+
+/// The token volume, and the pull secrets the agent image needs.
+fn spec_ops(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    cfg: &InjectConfig,
+    ops: &mut Vec<PatchOperation>,
+) -> Result<(), InjectError> {
+    if let Some(volume) = token_volume(&cfg.token) {
+        let volume = serde_json::to_value(volume)?;
+        if spec.volumes.is_none() {
+            ops.push(add(&["spec", "volumes"], json!([volume])));
+        } else {
+            ops.push(add(&["spec", "volumes", "-"], volume));
+        }
+    }
+    // The agent image may live in a private registry.
+    let have: Vec<&str> = spec
+        .image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|r| r.name.as_str())
+        .collect();
+    let missing: Vec<Value> = cfg
+        .image_pull_secrets
+        .iter()
+        .filter(|n| !have.contains(&n.as_str()))
+        .map(|n| json!({ "name": n }))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if spec.image_pull_secrets.is_none() {
+        ops.push(add(&["spec", "imagePullSecrets"], json!(missing)));
+    } else {
+        ops.extend(
+            missing
+                .into_iter()
+                .map(|m| add(&["spec", "imagePullSecrets", "-"], m)),
+        );
+    }
+    Ok(())
+}
+
+/// App containers without a preStop of their own keep serving through the drain.
+fn app_sleep_ops(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    drain_secs: i64,
+    ops: &mut Vec<PatchOperation>,
+) -> Result<(), InjectError> {
+    let sleep = LifecycleHandler {
+        sleep: Some(SleepAction {
+            seconds: drain_secs,
+        }),
+        ..Default::default()
+    };
+    for (i, c) in spec.containers.iter().enumerate() {
+        let idx = i.to_string();
+        match &c.lifecycle {
+            None => ops.push(add(
+                &["spec", "containers", &idx, "lifecycle"],
+                serde_json::to_value(Lifecycle {
+                    pre_stop: Some(sleep.clone()),
+                    ..Default::default()
+                })?,
+            )),
+            Some(l) if l.pre_stop.is_none() => ops.push(add(
+                &["spec", "containers", &idx, "lifecycle", "preStop"],
+                serde_json::to_value(&sleep)?,
+            )),
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 fn add(path: &[&str], value: Value) -> PatchOperation {
@@ -399,511 +500,10 @@ fn health_url(path: &str, app_port: u16) -> Result<String, InjectError> {
     Ok(format!("http://127.0.0.1:{app_port}{path}"))
 }
 
-fn token_volume(token: &TokenSource) -> Option<Volume> {
-    match token {
-        TokenSource::None => None,
-        TokenSource::Secret { name } => Some(Volume {
-            name: TOKEN_VOLUME.into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(name.clone()),
-                items: Some(vec![KeyToPath {
-                    key: "token".into(),
-                    path: "token".into(),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        TokenSource::ServiceAccount {
-            audience,
-            expiration_seconds,
-        } => Some(Volume {
-            name: TOKEN_VOLUME.into(),
-            projected: Some(ProjectedVolumeSource {
-                sources: Some(vec![VolumeProjection {
-                    service_account_token: Some(ServiceAccountTokenProjection {
-                        audience: Some(audience.clone()),
-                        expiration_seconds: Some(*expiration_seconds),
-                        path: "token".into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
-}
+mod container;
 
-fn env(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value.into()),
-        ..Default::default()
-    }
-}
-
-fn env_field(name: &str, field_path: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: field_path.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn vitals_probe(period: i32, failures: i32) -> Probe {
-    Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some("/healthz".into()),
-            port: IntOrString::String(VITALS_PORT_NAME.into()),
-            ..Default::default()
-        }),
-        period_seconds: Some(period),
-        timeout_seconds: Some(1),
-        failure_threshold: Some(failures),
-        ..Default::default()
-    }
-}
-
-/// The `roster-agent` container.
-pub fn agent_container(
-    cfg: &InjectConfig,
-    app_port: u16,
-    load_balancers: &str,
-    health: Option<&str>,
-) -> Container {
-    let mut env_vars = vec![
-        env_field("POD_NAME", "metadata.name"),
-        env_field("POD_NAMESPACE", "metadata.namespace"),
-        env_field("POD_IP", "status.podIP"),
-        env("ROSTER_DISCOVERY_LB", load_balancers),
-        env("ROSTER_METRICS_PORT", cfg.metrics_port.to_string()),
-        env("ROSTER_APP_PORT", app_port.to_string()),
-        env(
-            "ROSTER_DRAIN_PERIOD",
-            humantime::format_duration(cfg.drain_period).to_string(),
-        ),
-    ];
-    if let Some(every) = cfg.announce_interval {
-        env_vars.push(env(
-            "ROSTER_ANNOUNCE_INTERVAL",
-            humantime::format_duration(every).to_string(),
-        ));
-    }
-    if let Some(url) = health {
-        env_vars.push(env("ROSTER_APP_HEALTH", url));
-    }
-    let mut mounts = None;
-    if cfg.token != TokenSource::None {
-        env_vars.push(env("ROSTER_TOKEN_FILE", format!("{TOKEN_DIR}/token")));
-        mounts = Some(vec![VolumeMount {
-            name: TOKEN_VOLUME.into(),
-            mount_path: TOKEN_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        }]);
-    }
-    Container {
-        name: AGENT_CONTAINER.into(),
-        image: Some(cfg.image.clone()),
-        image_pull_policy: cfg.image_pull_policy.clone(),
-        command: Some(vec![AGENT_BINARY.into()]),
-        args: None,
-        env: Some(env_vars),
-        ports: Some(vec![ContainerPort {
-            name: Some(VITALS_PORT_NAME.into()),
-            container_port: i32::from(cfg.metrics_port),
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
-        // A native sidecar's startup probe holds the app back until the
-        // agent serves its vitals.
-        startup_probe: cfg.native_sidecar.then(|| vitals_probe(1, 30)),
-        readiness_probe: Some(vitals_probe(5, 3)),
-        liveness_probe: Some(vitals_probe(10, 3)),
-        lifecycle: Some(Lifecycle {
-            pre_stop: Some(LifecycleHandler {
-                exec: Some(ExecAction {
-                    command: Some(vec![AGENT_BINARY.into(), "drain".into()]),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        resources: Some(cfg.resources.clone()),
-        restart_policy: cfg.native_sidecar.then(|| "Always".into()),
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(NONROOT_ID),
-            run_as_group: Some(NONROOT_ID),
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        volume_mounts: mounts,
-        ..Default::default()
-    }
-}
+use container::token_volume;
+pub use container::{AgentIdentity, agent_container};
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pod(v: Value) -> Pod {
-        serde_json::from_value(v).expect("pod")
-    }
-
-    fn annotated(extra: Value, spec: Value) -> Pod {
-        let mut annotations = json!({ INJECT_ANNOTATION: "true" });
-        if let (Some(a), Some(e)) = (annotations.as_object_mut(), extra.as_object()) {
-            a.extend(e.clone());
-        }
-        pod(json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": { "name": "web-1", "namespace": "shop", "annotations": annotations },
-            "spec": spec,
-        }))
-    }
-
-    fn web_spec() -> Value {
-        json!({
-            "containers": [{
-                "name": "web", "image": "nginx",
-                "ports": [{ "name": "http", "containerPort": 8080, "protocol": "TCP" }]
-            }],
-            "terminationGracePeriodSeconds": 30
-        })
-    }
-
-    /// Apply the patch like the API server would and return the pod.
-    fn patched(p: &Pod, cfg: &InjectConfig) -> Pod {
-        let Injection::Patched(patch) = inject(p, cfg).expect("inject") else {
-            panic!("expected a patch")
-        };
-        let mut doc = serde_json::to_value(p).unwrap();
-        json_patch::patch(&mut doc, &patch).expect("patch applies");
-        serde_json::from_value(doc).expect("still a pod")
-    }
-
-    fn agent(p: &Pod) -> Container {
-        let spec = p.spec.as_ref().unwrap();
-        spec.init_containers
-            .iter()
-            .flatten()
-            .chain(spec.containers.iter())
-            .find(|c| c.name == AGENT_CONTAINER)
-            .cloned()
-            .expect("agent container")
-    }
-
-    fn env_of(c: &Container, name: &str) -> Option<String> {
-        c.env
-            .iter()
-            .flatten()
-            .find(|e| e.name == name)
-            .and_then(|e| e.value.clone())
-    }
-
-    #[test]
-    fn skips_pods_without_the_annotation() {
-        let p = pod(json!({ "metadata": { "name": "x" }, "spec": web_spec() }));
-        assert!(matches!(
-            inject(&p, &InjectConfig::default()),
-            Ok(Injection::Skipped(_))
-        ));
-        let p = pod(json!({
-            "metadata": { "name": "x", "annotations": { INJECT_ANNOTATION: "false" } },
-            "spec": web_spec()
-        }));
-        assert!(matches!(
-            inject(&p, &InjectConfig::default()),
-            Ok(Injection::Skipped(_))
-        ));
-    }
-
-    #[test]
-    fn native_sidecar_with_env_ports_probes_and_drain() {
-        let cfg = InjectConfig::default();
-        let p = patched(&annotated(json!({}), web_spec()), &cfg);
-        let spec = p.spec.as_ref().unwrap();
-        let inits = spec.init_containers.as_ref().expect("initContainers");
-        assert_eq!(inits.len(), 1);
-        let a = agent(&p);
-        assert_eq!(a.restart_policy.as_deref(), Some("Always"));
-        assert_eq!(a.image.as_deref(), Some(cfg.image.as_str()));
-        assert_eq!(a.command.as_deref(), Some(&[AGENT_BINARY.to_string()][..]));
-        assert_eq!(a.args, None);
-        let port = &a.ports.as_ref().unwrap()[0];
-        assert_eq!(
-            (port.container_port, port.name.as_deref()),
-            (9090, Some("vitals"))
-        );
-        assert_eq!(env_of(&a, "ROSTER_APP_PORT").as_deref(), Some("8080"));
-        assert_eq!(env_of(&a, "ROSTER_METRICS_PORT").as_deref(), Some("9090"));
-        assert_eq!(
-            env_of(&a, "ROSTER_DISCOVERY_LB").as_deref(),
-            Some("roster-lb-control.roster.svc:8080")
-        );
-        assert_eq!(env_of(&a, "ROSTER_DRAIN_PERIOD").as_deref(), Some("15s"));
-        for (name, path) in [
-            ("POD_NAME", "metadata.name"),
-            ("POD_NAMESPACE", "metadata.namespace"),
-            ("POD_IP", "status.podIP"),
-        ] {
-            let e = a.env.iter().flatten().find(|e| e.name == name).unwrap();
-            let field = e.value_from.as_ref().unwrap().field_ref.as_ref().unwrap();
-            assert_eq!(field.field_path, path);
-        }
-        assert!(a.readiness_probe.is_some() && a.startup_probe.is_some());
-        let drain = a.lifecycle.unwrap().pre_stop.unwrap().exec.unwrap();
-        assert_eq!(
-            drain.command.unwrap(),
-            [AGENT_BINARY, "drain"].map(String::from)
-        );
-        let sc = a.security_context.unwrap();
-        assert_eq!(sc.run_as_non_root, Some(true));
-        assert_eq!(sc.read_only_root_filesystem, Some(true));
-        assert_eq!(sc.allow_privilege_escalation, Some(false));
-        // The app keeps serving through the drain.
-        let web = &spec.containers[0];
-        let sleep = web.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap();
-        assert_eq!(sleep.sleep.as_ref().unwrap().seconds, 15);
-        assert_eq!(spec.termination_grace_period_seconds, Some(30));
-        let ann = p.metadata.annotations.as_ref().unwrap();
-        assert_eq!(ann["prometheus.io/port"], "9090");
-        assert_eq!(ann["prometheus.io/path"], "/telemetry");
-        assert_eq!(p.metadata.labels.as_ref().unwrap()[INJECTED_LABEL], "true");
-    }
-
-    #[test]
-    fn classic_sidecar_is_a_container() {
-        let cfg = InjectConfig {
-            native_sidecar: false,
-            ..Default::default()
-        };
-        let p = patched(&annotated(json!({}), web_spec()), &cfg);
-        let spec = p.spec.as_ref().unwrap();
-        assert!(spec.init_containers.is_none());
-        assert_eq!(spec.containers.len(), 2);
-        assert_eq!(spec.containers[1].name, AGENT_CONTAINER);
-        assert!(spec.containers[1].restart_policy.is_none());
-        assert!(spec.containers[1].startup_probe.is_none());
-        // Only the app gets the sleep; the agent has its drain.
-        assert!(
-            spec.containers[0]
-                .lifecycle
-                .as_ref()
-                .unwrap()
-                .pre_stop
-                .as_ref()
-                .unwrap()
-                .sleep
-                .is_some()
-        );
-    }
-
-    #[test]
-    fn injection_is_idempotent() {
-        let cfg = InjectConfig::default();
-        let once = patched(&annotated(json!({}), web_spec()), &cfg);
-        assert_eq!(
-            inject(&once, &cfg).unwrap(),
-            Injection::Skipped("already injected")
-        );
-        let classic = InjectConfig {
-            native_sidecar: false,
-            ..Default::default()
-        };
-        let once = patched(&annotated(json!({}), web_spec()), &classic);
-        assert!(matches!(inject(&once, &cfg), Ok(Injection::Skipped(_))));
-    }
-
-    #[test]
-    fn annotations_override_port_lb_and_health() {
-        let p = annotated(
-            json!({
-                APP_PORT_ANNOTATION: "http",
-                LB_ANNOTATION: "lb-a.edge.svc:8080, lb-b.edge.svc:8080",
-                HEALTH_PATH_ANNOTATION: "/ready"
-            }),
-            web_spec(),
-        );
-        let a = agent(&patched(&p, &InjectConfig::default()));
-        assert_eq!(env_of(&a, "ROSTER_APP_PORT").as_deref(), Some("8080"));
-        assert_eq!(
-            env_of(&a, "ROSTER_DISCOVERY_LB").as_deref(),
-            Some("lb-a.edge.svc:8080,lb-b.edge.svc:8080")
-        );
-        assert_eq!(
-            env_of(&a, "ROSTER_APP_HEALTH").as_deref(),
-            Some("http://127.0.0.1:8080/ready")
-        );
-    }
-
-    #[test]
-    fn pods_without_ports_need_the_annotation() {
-        let spec = json!({ "containers": [{ "name": "app", "image": "x" }] });
-        let err = inject(
-            &annotated(json!({}), spec.clone()),
-            &InjectConfig::default(),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains(APP_PORT_ANNOTATION), "{err}");
-        let p = patched(
-            &annotated(json!({ APP_PORT_ANNOTATION: "3000" }), spec),
-            &InjectConfig::default(),
-        );
-        assert_eq!(
-            env_of(&agent(&p), "ROSTER_APP_PORT").as_deref(),
-            Some("3000")
-        );
-    }
-
-    #[test]
-    fn bad_annotations_are_named() {
-        let cases = [
-            (APP_PORT_ANNOTATION, "web"),
-            (APP_PORT_ANNOTATION, "0"),
-            (APP_PORT_ANNOTATION, "9090"),
-            (LB_ANNOTATION, "no-port"),
-            (LB_ANNOTATION, " , "),
-            (HEALTH_PATH_ANNOTATION, "healthz"),
-        ];
-        for (key, value) in cases {
-            let err = inject(
-                &annotated(json!({ key: value }), web_spec()),
-                &InjectConfig::default(),
-            )
-            .unwrap_err()
-            .to_string();
-            assert!(err.contains(key), "{key}={value}: {err}");
-        }
-    }
-
-    #[test]
-    fn vitals_port_conflict_is_refused() {
-        let spec = json!({ "containers": [{
-            "name": "app", "image": "x",
-            "ports": [{ "containerPort": 8080 }, { "containerPort": 9090 }]
-        }]});
-        let err = inject(&annotated(json!({}), spec), &InjectConfig::default()).unwrap_err();
-        assert!(
-            matches!(err, InjectError::PortConflict { port: 9090, .. }),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn existing_hooks_init_containers_and_grace_are_respected() {
-        let spec = json!({
-            "initContainers": [{ "name": "migrate", "image": "x" }],
-            "containers": [
-                { "name": "web", "image": "x", "ports": [{ "containerPort": 8080 }],
-                  "lifecycle": { "preStop": { "exec": { "command": ["/stop"] } } } },
-                { "name": "side", "image": "y", "lifecycle": { "postStart": { "exec": { "command": ["/go"] } } } }
-            ],
-            "terminationGracePeriodSeconds": 5
-        });
-        let p = patched(&annotated(json!({}), spec), &InjectConfig::default());
-        let s = p.spec.unwrap();
-        let inits = s.init_containers.unwrap();
-        assert_eq!(
-            inits.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
-            ["migrate", AGENT_CONTAINER]
-        );
-        let web = s.containers[0]
-            .lifecycle
-            .as_ref()
-            .unwrap()
-            .pre_stop
-            .as_ref()
-            .unwrap();
-        assert!(
-            web.exec.is_some() && web.sleep.is_none(),
-            "own preStop kept"
-        );
-        let side = s.containers[1].lifecycle.as_ref().unwrap();
-        assert!(side.post_start.is_some() && side.pre_stop.as_ref().unwrap().sleep.is_some());
-        assert_eq!(
-            s.termination_grace_period_seconds,
-            Some(30),
-            "raised for the drain"
-        );
-    }
-
-    #[test]
-    fn own_prometheus_annotations_are_left_alone() {
-        let p = patched(
-            &annotated(
-                json!({ "prometheus.io/scrape": "true", "prometheus.io/port": "8080" }),
-                web_spec(),
-            ),
-            &InjectConfig::default(),
-        );
-        let ann = p.metadata.annotations.unwrap();
-        assert_eq!(ann["prometheus.io/port"], "8080");
-        assert!(!ann.contains_key("prometheus.io/path"));
-    }
-
-    #[test]
-    fn token_sources_mount_a_volume() {
-        for token in [
-            TokenSource::Secret {
-                name: "roster-registration-token".into(),
-            },
-            TokenSource::ServiceAccount {
-                audience: "roster".into(),
-                expiration_seconds: 3600,
-            },
-        ] {
-            let cfg = InjectConfig {
-                token: token.clone(),
-                ..Default::default()
-            };
-            let p = patched(&annotated(json!({}), web_spec()), &cfg);
-            let a = agent(&p);
-            assert_eq!(
-                env_of(&a, "ROSTER_TOKEN_FILE").as_deref(),
-                Some("/var/run/secrets/roster/token")
-            );
-            assert_eq!(a.volume_mounts.unwrap()[0].name, TOKEN_VOLUME);
-            let v = p.spec.unwrap().volumes.unwrap();
-            assert_eq!(v.len(), 1);
-            match token {
-                TokenSource::Secret { .. } => assert!(v[0].secret.is_some()),
-                _ => {
-                    let proj = v[0].projected.as_ref().unwrap().sources.as_ref().unwrap();
-                    let sat = proj[0].service_account_token.as_ref().unwrap();
-                    assert_eq!(sat.audience.as_deref(), Some("roster"));
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn sleep_can_be_turned_off() {
-        let cfg = InjectConfig {
-            app_pre_stop_sleep: false,
-            ..Default::default()
-        };
-        let p = patched(&annotated(json!({}), web_spec()), &cfg);
-        assert!(p.spec.unwrap().containers[0].lifecycle.is_none());
-    }
-}
+mod tests;

@@ -2,7 +2,8 @@
 //!
 //! | route | answer |
 //! | --- | --- |
-//! | `POST /mutate` | an `admission.k8s.io/v1` AdmissionReview with a JSONPatch, always 200 |
+//! | `POST /mutate` | an `admission.k8s.io/v1` AdmissionReview with a JSONPatch, always 200: pods annotated `roster.dev/inject: "true"` |
+//! | `POST /mutate/namespace` | the same for namespaces labelled `roster.dev/inject=enabled`: every pod but those annotated `"false"` |
 //! | `GET /healthz` | 200 while the process runs |
 //!
 //! The handler only parses, answers and wraps; [`super::patch::inject`]
@@ -23,22 +24,35 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use serde_json::Value;
 
-use super::patch::{InjectConfig, Injection, inject};
+use super::patch::{InjectConfig, Injection, OptIn, inject_with};
 
 /// Largest accepted review (a pod is at most ~1.5 MB in etcd).
 pub const MAX_REVIEW_BYTES: usize = 8 * 1024 * 1024;
+/// The webhook for pods that ask with the annotation.
+pub const ANNOTATION_PATH: &str = "/mutate";
+/// The webhook for pods of opted-in namespaces.
+pub const NAMESPACE_PATH: &str = "/mutate/namespace";
 
 /// The webhook routes; tests drive them without a socket.
 pub fn router(cfg: Arc<InjectConfig>) -> Router {
     Router::new()
-        .route("/mutate", post(mutate))
+        .route(ANNOTATION_PATH, post(mutate))
+        .route(NAMESPACE_PATH, post(mutate_namespace))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
         .with_state(cfg)
 }
 
 async fn mutate(State(cfg): State<Arc<InjectConfig>>, body: Bytes) -> Json<Value> {
-    Json(to_wire(review(&cfg, &body).into_review()))
+    Json(to_wire(
+        review_for(&cfg, &body, OptIn::Annotation).into_review(),
+    ))
+}
+
+async fn mutate_namespace(State(cfg): State<Arc<InjectConfig>>, body: Bytes) -> Json<Value> {
+    Json(to_wire(
+        review_for(&cfg, &body, OptIn::Namespace).into_review(),
+    ))
 }
 
 /// The review as sent: `response.patch` base64-encoded, as the API
@@ -58,8 +72,13 @@ pub fn to_wire(review: AdmissionReview<DynamicObject>) -> Value {
     v
 }
 
-/// The answer to one review body.
+/// The answer to one review body (annotation opt-in).
 pub fn review(cfg: &InjectConfig, body: &[u8]) -> AdmissionResponse {
+    review_for(cfg, body, OptIn::Annotation)
+}
+
+/// The answer to one review body, for the webhook `opt_in` names.
+pub fn review_for(cfg: &InjectConfig, body: &[u8], opt_in: OptIn) -> AdmissionResponse {
     let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
@@ -95,7 +114,7 @@ pub fn review(cfg: &InjectConfig, body: &[u8]) -> AdmissionResponse {
         }
         None => return resp,
     };
-    match inject(&pod, cfg) {
+    match inject_with(&pod, cfg, opt_in) {
         Ok(Injection::Skipped(reason)) => {
             tracing::debug!(%ns, %name, reason, "not injected");
             resp
@@ -150,10 +169,14 @@ mod tests {
     }
 
     async fn post(body: Vec<u8>) -> (StatusCode, Value) {
+        post_to(ANNOTATION_PATH, body).await
+    }
+
+    async fn post_to(path: &str, body: Vec<u8>) -> (StatusCode, Value) {
         let app = router(Arc::new(InjectConfig::default()));
         let resp = app
             .oneshot(
-                Request::post("/mutate")
+                Request::post(path)
                     .header("content-type", "application/json")
                     .body(Body::from(body))
                     .unwrap(),
@@ -194,6 +217,30 @@ mod tests {
             assert_eq!(v["response"]["allowed"], true);
             assert!(v["response"].get("patch").is_none());
         }
+    }
+
+    #[tokio::test]
+    async fn namespace_webhook_injects_unless_the_pod_opts_out() {
+        for (annotations, patched) in [
+            (json!({}), true),
+            (json!({"roster.dev/inject": "true"}), true),
+            (json!({"roster.dev/inject": "false"}), false),
+            (json!({"roster.dev/inject": " False "}), false),
+        ] {
+            let body = review_of(web_pod(annotations.clone()), "CREATE");
+            let (status, v) = post_to(NAMESPACE_PATH, serde_json::to_vec(&body).unwrap()).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(v["response"]["allowed"], true);
+            assert_eq!(
+                v["response"].get("patch").is_some(),
+                patched,
+                "{annotations}"
+            );
+        }
+        // The annotation webhook still needs the annotation.
+        let body = review_of(web_pod(json!({})), "CREATE");
+        let (_, v) = post_to(ANNOTATION_PATH, serde_json::to_vec(&body).unwrap()).await;
+        assert!(v["response"].get("patch").is_none());
     }
 
     #[tokio::test]

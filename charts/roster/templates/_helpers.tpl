@@ -33,6 +33,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end -}}
 
+{{/* Pod template labels: the selector's plus commonLabels; call like roster.selectorLabels. */}}
+{{- define "roster.podLabels" -}}
+{{ include "roster.selectorLabels" . }}
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
 {{/* Selector labels; call with (dict "ctx" $ "component" "lb"). */}}
 {{- define "roster.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "roster.name" .ctx }}
@@ -40,8 +48,49 @@ app.kubernetes.io/instance: {{ .ctx.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/* registry/repository@digest, else registry/repository:tag (tag default: appVersion). */}}
 {{- define "roster.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- $repo := .Values.image.repository -}}
+{{- with .Values.image.registry }}{{ $repo = printf "%s/%s" (trimSuffix "/" .) $repo }}{{ end -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" $repo .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The helm test image. */}}
+{{- define "roster.testImage" -}}
+{{- $i := .Values.tests.image -}}
+{{- printf "%s%s:%s" (ternary "" (printf "%s/" (trimSuffix "/" $i.registry)) (empty $i.registry)) $i.repository $i.tag -}}
+{{- end -}}
+
+{{/* Environment shared by the LB and the injector: RUST_LOG, then extraEnv. */}}
+{{- define "roster.commonEnv" -}}
+- name: RUST_LOG
+  value: {{ .Values.logLevel | quote }}
+{{- if eq .Values.logFormat "json" }}
+- name: ROSTER_LOG_FORMAT
+  value: json
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Where the LB mounts lb.tls.secretName. */}}
+{{- define "roster.tlsDir" -}}/etc/roster/tls{{- end -}}
+{{- define "roster.httpsPort" -}}
+{{- include "roster.port" (dig "lb" "tls" "listen" "0.0.0.0:8443" .Values.config) -}}
+{{- end -}}
+
+{{/* The lowest port the LB binds: below 1024 it needs more than the restricted defaults. */}}
+{{- define "roster.lowestPort" -}}
+{{- $ports := list (int (include "roster.proxyPort" .)) (int (include "roster.controlPort" .)) -}}
+{{- if .Values.lb.tls.secretName }}{{ $ports = append $ports (int (include "roster.httpsPort" .)) }}{{ end -}}
+{{- $min := 65535 -}}
+{{- range $ports }}{{ if lt . $min }}{{ $min = . }}{{ end }}{{ end -}}
+{{- $min -}}
 {{- end -}}
 
 {{/* The port of a "host:port" listen address. */}}
@@ -102,28 +151,59 @@ app.kubernetes.io/component: {{ .component }}
 {{- if $reg -}}
 {{- $_ := set $cfg "registration" $reg -}}
 {{- end -}}
+{{- if .Values.lb.tls.secretName -}}
+{{- $lb := deepCopy (default dict (get $cfg "lb")) -}}
+{{- $tls := deepCopy (default dict (get $lb "tls")) -}}
+{{- $dir := include "roster.tlsDir" . -}}
+{{- $_ := set $tls "listen" (default "0.0.0.0:8443" (get $tls "listen")) -}}
+{{- $_ := set $tls "certs" (list (dict "cert_file" (printf "%s/tls.crt" $dir) "key_file" (printf "%s/tls.key" $dir))) -}}
+{{- $_ := set $lb "tls" $tls -}}
+{{- $_ := set $cfg "lb" $lb -}}
+{{- end -}}
 {{- toYaml $cfg -}}
 {{- end -}}
 
-{{/* Restricted Pod Security: pod level. */}}
+{{/* Pod securityContext (values: podSecurityContext; restricted by default). */}}
 {{- define "roster.podSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: 65532
-runAsGroup: 65532
-fsGroup: 65532
-seccompProfile:
-  type: RuntimeDefault
+{{- toYaml .Values.podSecurityContext -}}
 {{- end -}}
 
-{{/* Restricted Pod Security: container level. */}}
+{{/* Container securityContext (values: securityContext; restricted by default). */}}
 {{- define "roster.securityContext" -}}
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-runAsNonRoot: true
-capabilities:
-  drop: ["ALL"]
-seccompProfile:
-  type: RuntimeDefault
+{{- toYaml .Values.securityContext -}}
+{{- end -}}
+
+{{/* The LB pod's securityContext. Ports below 1024: in its own network
+     namespace the pod lowers net.ipv4.ip_unprivileged_port_start (a safe
+     sysctl, allowed by the restricted level); with hostNetwork that sysctl
+     is the node's, so the container runs as uid 0 holding only
+     NET_BIND_SERVICE (Kubernetes cannot grant a capability to a non-root
+     process: no ambient capabilities). hostNetwork needs the privileged
+     level anyway. */}}
+{{- define "roster.lbPodSecurityContext" -}}
+{{- $psc := deepCopy .Values.podSecurityContext -}}
+{{- $low := int (include "roster.lowestPort" .) -}}
+{{- if lt $low 1024 -}}
+{{- if .Values.lb.hostNetwork -}}
+{{- $_ := set $psc "runAsNonRoot" false -}}
+{{- $_ := set $psc "runAsUser" 0 -}}
+{{- else -}}
+{{- $sysctls := default list (get $psc "sysctls") -}}
+{{- $sysctls = append $sysctls (dict "name" "net.ipv4.ip_unprivileged_port_start" "value" (toString $low)) -}}
+{{- $_ := set $psc "sysctls" $sysctls -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $psc -}}
+{{- end -}}
+
+{{- define "roster.lbSecurityContext" -}}
+{{- $sc := deepCopy .Values.securityContext -}}
+{{- if and .Values.lb.hostNetwork (lt (int (include "roster.lowestPort" .)) 1024) -}}
+{{- $_ := set $sc "runAsNonRoot" false -}}
+{{- $_ := set $sc "runAsUser" 0 -}}
+{{- $_ := set $sc "capabilities" (dict "drop" (list "ALL") "add" (list "NET_BIND_SERVICE")) -}}
+{{- end -}}
+{{- toYaml $sc -}}
 {{- end -}}
 
 {{/* Values that cannot be expressed in values.schema.json. */}}
@@ -134,8 +214,17 @@ seccompProfile:
 {{- if and .Values.lb.hostNetwork .Values.lb.hostPort (ne (int .Values.lb.hostPort) (int (include "roster.proxyPort" .))) -}}
 {{- fail "with lb.hostNetwork the proxy already listens on the node at config.lb.listen's port: leave lb.hostPort 0 (or equal to it)" -}}
 {{- end -}}
-{{- if and (eq .Values.auth.mode "token") (not .Values.auth.token.secretName) -}}
+{{- if and (eq .Values.auth.mode "token") (not .Values.auth.token.secretName) (not .Values.auth.token.existingSecret) -}}
 {{- fail "auth.mode token needs auth.token.secretName" -}}
+{{- end -}}
+{{- if and (eq .Values.auth.mode "token") (not .Values.auth.token.existingSecret) (not .Values.auth.token.value) -}}
+{{- fail "auth.mode token: set auth.token.existingSecret (a Secret you manage, GitOps-safe) or auth.token.value; a generated token would change on every `helm template`" -}}
+{{- end -}}
+{{- if and .Values.lb.tls.secretName (dig "lb" "tls" "certs" nil .Values.config) -}}
+{{- fail "set lb.tls.secretName or config.lb.tls.certs, not both" -}}
+{{- end -}}
+{{- if and .Values.lb.tls.secretName (eq (include "roster.httpsPort" .) (include "roster.proxyPort" .)) -}}
+{{- fail "config.lb.tls.listen and config.lb.listen use the same port" -}}
 {{- end -}}
 {{- if and .Values.auth.token.existingSecret .Values.auth.token.value -}}
 {{- fail "set auth.token.existingSecret or auth.token.value, not both" -}}
