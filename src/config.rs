@@ -152,6 +152,9 @@ pub struct LbConfig {
     /// Proxy worker threads; null = number of cores.
     pub threads: Option<usize>,
     pub algorithm: Algorithm,
+    /// How `least_loaded` scores a backend: weights of this LB's in-flight
+    /// requests, the backend's reported load and its GPU usage.
+    pub load_score: crate::lb::select::LoadScore,
     /// Request header whose value keys `consistent_hash`.
     pub hash_header: String,
     /// Time given to in-flight requests on SIGTERM.
@@ -216,6 +219,7 @@ impl Default for LbConfig {
             control_listen: ([0, 0, 0, 0], 8080).into(),
             threads: None,
             algorithm: Algorithm::RoundRobin,
+            load_score: Default::default(),
             hash_header: "x-roster-hash-key".into(),
             grace_period: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(1),
@@ -425,6 +429,10 @@ impl Config {
                 "must be ≥ lb.ejection_time, and both more than 0",
             ));
         }
+        self.lb
+            .load_score
+            .check()
+            .map_err(|e| invalid("lb.load_score", e))?;
         if hc.concurrency == 0 {
             return Err(invalid("health_check.concurrency", "must be ≥ 1"));
         }
@@ -487,6 +495,9 @@ pub struct LbArgs {
     /// Selection algorithm (lb.algorithm).
     #[arg(long, env = "ROSTER_ALGORITHM")]
     pub algorithm: Option<Algorithm>,
+    /// `least_loaded` weights, e.g. `in_flight=4,reported=1,gpu=0.5` (lb.load_score).
+    #[arg(long, env = "ROSTER_LOAD_SCORE")]
+    pub load_score: Option<crate::lb::select::LoadScore>,
     /// Header keying consistent_hash (lb.hash_header).
     #[arg(long, env = "ROSTER_HASH_HEADER")]
     pub hash_header: Option<String>,
@@ -612,6 +623,7 @@ impl LbArgs {
         set!(c.lb.idle_timeout, self.idle_timeout);
         set!(c.lb.retries, self.retries);
         set!(c.lb.keepalive_pool_size, self.keepalive_pool_size);
+        set!(c.lb.load_score, self.load_score);
         set!(c.lb.warmup, self.warmup);
         set!(c.lb.retry_idempotent, self.retry_idempotent);
         set!(c.lb.eject_after, self.eject_after);

@@ -183,6 +183,9 @@ pub struct Upstream {
     pub in_flight: AtomicU64,
     /// Load the backend reported in its vitals (requests + backoff).
     pub reported_load: AtomicU64,
+    /// GPU usage the backend reported in its vitals, in hundredths of a
+    /// percent (0–10,000); `lb.load_score.gpu` weighs it.
+    pub gpu_usage: std::sync::atomic::AtomicU32,
     /// Consecutive failures seen on live traffic (connect errors, 5xx).
     pub failures: std::sync::atomic::AtomicU32,
     /// This backend's request counters.
@@ -201,6 +204,7 @@ impl Upstream {
             label: addr.to_string(),
             in_flight: AtomicU64::new(0),
             reported_load: AtomicU64::new(0),
+            gpu_usage: Default::default(),
             failures: Default::default(),
             requests: Default::default(),
             withdrawn: AtomicBool::new(false),
@@ -675,6 +679,8 @@ impl Registry {
                     u64::from(v.requests_in_progress) + u64::from(v.backoff_requests),
                     Ordering::Relaxed,
                 );
+                let gpu = (v.gpu_usage.clamp(0.0, 100.0) * 100.0) as u32;
+                e.upstream.gpu_usage.store(gpu, Ordering::Relaxed);
                 e.vitals = Some(v);
                 e.upstream.withdraw(false);
                 if e.state != BackendState::Draining

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod bounded;
+pub mod forwarded;
 pub mod proxy;
 pub mod select;
 pub mod ui;
@@ -93,7 +94,8 @@ impl State {
             hc.concurrency,
             Arc::clone(&metrics),
         ));
-        let selector = Selector::new(config.lb.algorithm, Arc::clone(&registry));
+        let selector = Selector::new(config.lb.algorithm, Arc::clone(&registry))
+            .with_load_score(config.lb.load_score);
         let auth = auth::Auth::new(&config.registration)?;
         Ok(Arc::new(Self {
             auth,
