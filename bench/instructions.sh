@@ -13,7 +13,8 @@
 # PROXY_CPUS LOAD_CPUS BASE; BENCH_CG_COUNT=3000 BENCH_CG_WARM=300
 # BENCH_ROSTER_BASE=/path/to/roster (adds target roster-base: an A/B build)
 # BENCH_CG_SIZES="3 1024 65536 1048576" (body bytes; sizes past the first
-# are measured for roster, bare and nginx) BENCH_CG_TARGETS="roster bare nginx haproxy".
+# are measured for roster, bare and nginx) BENCH_CG_TARGETS="roster bare nginx haproxy"
+# (also: roster-base, and bare-nt = bare pingora without peer timeouts).
 # Facts go to WORKDIR/facts.tsv as p6.<target>.<size>.ir_per_request.
 # Loopback only; every process is stopped by PID; every run is bounded.
 set -euo pipefail
@@ -22,7 +23,7 @@ W=$1
 COUNT=${BENCH_CG_COUNT:-3000}
 WARM=${BENCH_CG_WARM:-300}
 SIZES=${BENCH_CG_SIZES:-3 1024 65536 1048576}
-TARGETS=${BENCH_CG_TARGETS:-roster bare nginx haproxy}
+TARGETS=${BENCH_CG_TARGETS:-roster bare bare-nt nginx haproxy}
 BASE=${BASE:-27000}
 P_B=$((BASE + 700)); P_V=$((BASE + 790)); P_T=$((BASE + 800))
 FACTS=$W/facts.tsv
@@ -75,6 +76,9 @@ cg_run() {
     bare) taskset -c "$PROXY_CPUS" "${vg[@]}" "$BARE" --listen "127.0.0.1:$P_T" --threads 1 \
       --upstream "127.0.0.1:$P_B" --upstream "127.0.0.1:$((P_B + 1))" \
       --upstream "127.0.0.1:$((P_B + 2))" --upstream "127.0.0.1:$((P_B + 3))" >"$W/p6-$t.log" 2>&1 & ;;
+    bare-nt) taskset -c "$PROXY_CPUS" "${vg[@]}" "$BARE" --listen "127.0.0.1:$P_T" --threads 1 --no-timeouts \
+      --upstream "127.0.0.1:$P_B" --upstream "127.0.0.1:$((P_B + 1))" \
+      --upstream "127.0.0.1:$((P_B + 2))" --upstream "127.0.0.1:$((P_B + 3))" >"$W/p6-$t.log" 2>&1 & ;;
     nginx) taskset -c "$PROXY_CPUS" "${vg[@]}" nginx -p "$W" -c "$W/p6-nginx.conf" \
       -g 'daemon off; master_process off;' >"$W/p6-$t.log" 2>&1 & ;;
     haproxy) taskset -c "$PROXY_CPUS" "${vg[@]}" haproxy -db -f "$W/p6-haproxy.cfg" >"$W/p6-$t.log" 2>&1 & ;;
@@ -111,7 +115,7 @@ for size in $SIZES; do
   PIDS+=("$BPID")
   listening "$P_B" "$BPID" || { log "backends did not start"; exit 1; }
   for t in $TARGETS; do
-    if [ "$size" != "${SIZES%% *}" ] && [ "$t" = haproxy ]; then continue; fi
+    if [ "$size" != "${SIZES%% *}" ] && [[ $t == haproxy || $t == bare-nt ]]; then continue; fi
     cg_run "$t" "$size" "$warm"; a=$IR
     cg_run "$t" "$size" "$((warm + n))"; b=$IR
     per=$(awk -v a="$a" -v b="$b" -v n="$n" 'BEGIN { if (a > 0 && b > a) printf "%.0f", (b - a) / n; else print 0 }')

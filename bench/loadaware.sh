@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Part 7 of `make bench`: load-aware selection where it matters. Two LB
-# replicas share four backends, one of them degraded (each request takes
-# --slow-factor times as long; every backend serves --workers requests at
-# once and queues the rest). An open-loop client (examples/loadaware.rs)
+# replicas share four backends, one of them degraded; every backend serves
+# --workers requests at once and queues the rest. Two scenarios:
+#   slow   the degraded backend takes BENCH_LA_SLOW_FACTOR (10) times as long
+#   busy   it is as fast, but clients no LB here sees keep
+#          BENCH_LA_EXTERNAL (3 x workers) requests queued on it An open-loop client (examples/loadaware.rs)
 # sends a fixed rate, alternating between the two replicas, and measures
 # latency from each request's due time, so queueing shows.
 #
@@ -17,8 +19,9 @@
 # LOAD_CPUS BASE; BENCH_LA_RATE=1600 (req/s over both replicas)
 # BENCH_LA_SECONDS=20 BENCH_LA_WARMUP=3 BENCH_LA_SERVICE_MS=2
 # BENCH_LA_SLOW_FACTOR=10 BENCH_LA_WORKERS=8 BENCH_LA_ROUNDS=1
+# BENCH_LA_EXTERNAL=24 BENCH_LA_SCENARIOS="slow busy"
 # BENCH_LA_TARGETS="roster-ll roster-rr nginx haproxy".
-# Results: WORKDIR/p7-TARGET-ROUND.json; facts p7.*.
+# Results: WORKDIR/p7-SCENARIO-TARGET-ROUND.json; facts p7.*.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=$1
@@ -30,6 +33,8 @@ FACTOR=${BENCH_LA_SLOW_FACTOR:-10}
 WORKERS=${BENCH_LA_WORKERS:-8}
 ROUNDS=${BENCH_LA_ROUNDS:-1}
 TARGETS=${BENCH_LA_TARGETS:-roster-ll roster-rr nginx haproxy}
+SCENARIOS=${BENCH_LA_SCENARIOS:-slow busy}
+EXTERNAL=${BENCH_LA_EXTERNAL:-$((3 * WORKERS))}
 BASE=${BASE:-27000}
 P_APP=$((BASE + 900)); P_V=$((BASE + 990)); P_A=$((BASE + 910)); P_B=$((BASE + 920))
 FACTS=$W/facts.tsv
@@ -57,17 +62,22 @@ stop() { # PID
 
 BACKENDS=(127.0.1.1 127.0.1.2 127.0.1.3 127.0.1.4)
 SLOW=${BACKENDS[3]}
-args=()
-for ip in "${BACKENDS[@]}"; do args+=(--backend "$ip:$P_APP"); done
-taskset -c "$LOAD_CPUS" "$LOADAWARE" backends "${args[@]}" --vitals-port "$P_V" \
-  --workers "$WORKERS" --service-ms "$SERVICE" --slow "$SLOW:$P_APP" --slow-factor "$FACTOR" \
-  >"$W/p7-backends.log" 2>&1 &
-BPID=$!
-PIDS+=("$BPID")
-for i in $(seq 50); do (exec 3<>"/dev/tcp/$SLOW/$P_APP") 2>/dev/null && break; sleep 0.1; done
+# backends SCENARIO: start the four; sets BPID.
+backends() {
+  local args=() factor=$FACTOR external=0 i
+  [ "$1" = busy ] && { factor=1; external=$EXTERNAL; }
+  for ip in "${BACKENDS[@]}"; do args+=(--backend "$ip:$P_APP"); done
+  taskset -c "$LOAD_CPUS" "$LOADAWARE" backends "${args[@]}" --vitals-port "$P_V" \
+    --workers "$WORKERS" --service-ms "$SERVICE" --slow "$SLOW:$P_APP" --slow-factor "$factor" \
+    --external "$external" >"$W/p7-backends-$1.log" 2>&1 &
+  BPID=$!
+  PIDS+=("$BPID")
+  for i in $(seq 50); do (exec 3<>"/dev/tcp/$SLOW/$P_APP") 2>/dev/null && break; sleep 0.1; done
+}
 
 fact p7.rate "$RATE"; fact p7.seconds "$SECONDS_"; fact p7.service_ms "$SERVICE"
 fact p7.slow_factor "$FACTOR"; fact p7.workers "$WORKERS"; fact p7.rounds "$ROUNDS"
+fact p7.external "$EXTERNAL"; fact p7.scenarios "$SCENARIOS"
 
 # Two replicas of TARGET on P_A and P_B; sets REPLICAS to their PIDs.
 start_pair() {
@@ -117,21 +127,25 @@ start_pair() {
   fi
 }
 
+for sc in $SCENARIOS; do
+backends "$sc"
 for r in $(seq "$ROUNDS"); do
   for t in $TARGETS; do
     if ! start_pair "$t"; then
-      fact "p7.$t.status" "did not start"
+      fact "p7.$sc.$t.status" "did not start"
       for p in "${REPLICAS[@]}"; do stop "$p"; done
       continue
     fi
     timeout $((WARMUP + SECONDS_ + 60)) taskset -c "$LOAD_CPUS" "$LOADAWARE" load \
       --target "127.0.0.1:$P_A" --target "127.0.0.1:$P_B" --rate "$RATE" \
-      --seconds "$SECONDS_" --warmup "$WARMUP" >"$W/p7-$t-$r.json" 2>>"$W/p7-load.log" ||
-      log "$t round $r: the client failed (p7-load.log)"
-    log "$t round $r: $(cat "$W/p7-$t-$r.json" 2>/dev/null)"
-    fact "p7.$t.status" ran
+      --seconds "$SECONDS_" --warmup "$WARMUP" >"$W/p7-$sc-$t-$r.json" 2>>"$W/p7-load.log" ||
+      log "$sc $t round $r: the client failed (p7-load.log)"
+    log "$sc $t round $r: $(cat "$W/p7-$sc-$t-$r.json" 2>/dev/null)"
+    fact "p7.$sc.$t.status" ran
     for p in "${REPLICAS[@]}"; do stop "$p"; done
     sleep 2 # the degraded backend's queue drains before the next target
   done
 done
 kill -TERM "$BPID" 2>/dev/null || true
+wait "$BPID" 2>/dev/null || true
+done

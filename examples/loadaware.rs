@@ -15,7 +15,8 @@
 //!   vitals are on its own IP at `--vitals-port` (`GET /metrics`):
 //!   `requests_in_progress` = requests being served, `backoff_requests` =
 //!   requests queued for a worker. Every LB replica's requests count there;
-//!   a least-connections peer sees only its own.
+//!   a least-connections peer sees only its own. `--external N` keeps N more
+//!   requests queued on the slow backends, from clients no LB here sees.
 //! * **Load**: an open-loop generator. Request `i` is due at `start + i/rate`
 //!   whatever happened to the earlier ones, the targets take turns, and a
 //!   latency is measured from the time the request was due, so a queue in
@@ -70,6 +71,11 @@ enum Command {
         slow: Vec<SocketAddr>,
         #[arg(long, default_value_t = 10.0)]
         slow_factor: f64,
+        /// Work the slow backends also get from clients no LB here sees
+        /// (another team's batch job): this many requests kept in their
+        /// queue at all times, served like the others.
+        #[arg(long, default_value_t = 0)]
+        external: usize,
         /// Response body size.
         #[arg(long, default_value_t = 3)]
         body_bytes: usize,
@@ -115,6 +121,7 @@ fn main() -> anyhow::Result<()> {
                 service_ms,
                 slow,
                 slow_factor,
+                external,
                 body_bytes,
             } => {
                 let body = Bytes::from(vec![b'x'; body_bytes]);
@@ -130,6 +137,11 @@ fn main() -> anyhow::Result<()> {
                     });
                     let l = TcpListener::bind(addr).await?;
                     tokio::spawn(serve(l, Arc::clone(&b), false));
+                    if slow.contains(&addr) {
+                        for _ in 0..external {
+                            tokio::spawn(external_client(Arc::clone(&b)));
+                        }
+                    }
                     // One vitals listener per IP: the first backend on it.
                     if let Some(p) = vitals_port.filter(|_| vitals_ips.insert(addr.ip())) {
                         let l = TcpListener::bind(SocketAddr::new(addr.ip(), p)).await?;
@@ -197,6 +209,20 @@ async fn handle(b: &Backend, vitals: bool, _req: Request<Incoming>) -> Response<
         drop(permit);
     }
     Response::new(Once(Some(b.body.clone())))
+}
+
+/// One client of a backend that no LB here routes: a request, then the
+/// next, forever.
+async fn external_client(b: Arc<Backend>) {
+    loop {
+        b.queued.fetch_add(1, Ordering::Relaxed);
+        let permit = b.workers.acquire().await;
+        b.queued.fetch_sub(1, Ordering::Relaxed);
+        b.serving.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(b.service.max(Duration::from_millis(1))).await;
+        b.serving.fetch_sub(1, Ordering::Relaxed);
+        drop(permit);
+    }
 }
 
 /// A body sent in one frame with its exact length.

@@ -18,6 +18,8 @@ use crate::telemetry::CodeClass;
 
 /// Lower case: pingora keeps the name as given for the wire.
 const XFF: &str = "x-forwarded-for";
+/// The same name, parsed once: a lookup then hashes it without parsing.
+static XFF_NAME: http::HeaderName = http::HeaderName::from_static(XFF);
 
 /// Candidates visited per pick; bounds ketama's walk and retries' skips.
 const MAX_ITERATIONS: usize = 256;
@@ -167,7 +169,7 @@ impl ProxyHttp for Proxy {
         // The client's Host passes through unchanged, as from any reverse
         // proxy; the client's address is appended to X-Forwarded-For.
         if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()) {
-            let xff = super::forwarded::forwarded_for(req.headers.get(XFF), ip.ip());
+            let xff = super::forwarded::forwarded_for(req.headers.get(&XFF_NAME), ip.ip());
             req.insert_header(XFF, xff)?;
         }
         Ok(())

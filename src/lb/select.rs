@@ -3,7 +3,8 @@
 //! The registry publishes only routable backends. [`Selector::update`] turns
 //! each published set into a flat table, once per change; a pick then reads
 //! that table: one `ArcSwap` load, then one atomic add (round robin) or one
-//! random draw for two candidates (least loaded). No allocation and no
+//! random draw for two candidates (least loaded; pools of up to eight are
+//! scored whole). No allocation and no
 //! hashing of the set on the request path: pingora's
 //! `LoadBalancer::select_with` builds a SipHash `HashSet` on every call to
 //! keep candidates unique, here they are unique by construction (the first
@@ -248,6 +249,7 @@ impl Selector {
         }
         let first = match (self.algorithm, &t.ring) {
             (Algorithm::ConsistentHash, Some(ring)) => return walk_ring(t, ring, key, max, accept),
+            (Algorithm::LeastLoaded, _) if n <= SCAN_ALL => self.least_of_all(t),
             (Algorithm::LeastLoaded, _) => self.two_choices(t),
             _ => {
                 let c = self.cursor.fetch_add(1, Ordering::Relaxed) as usize;
@@ -259,6 +261,26 @@ impl Selector {
         };
         // The choice, then every other backend once, in table order.
         (0..n.min(max)).map(|k| (first + k) % n).find(|&i| accept(i))
+    }
+
+    /// Small pools: every backend is scored and the lowest per unit of
+    /// weight wins; ties go to the first from a random start, so idle
+    /// backends share the traffic.
+    fn least_of_all(&self, t: &Table) -> usize {
+        let n = t.backends.len();
+        let r = splitmix64(self.cursor.fetch_add(GOLDEN, Ordering::Relaxed));
+        let start = ((r & 0xffff_ffff) * n as u64 >> 32) as usize;
+        let mut best = start;
+        let mut best_score = self.score.of(&t.upstreams[start]);
+        for k in 1..n {
+            let i = (start + k) % n;
+            let score = self.score.of(&t.upstreams[i]);
+            let (wi, wb) = (t.backends[i].weight as f64, t.backends[best].weight as f64);
+            if score * wb < best_score * wi {
+                (best, best_score) = (i, score);
+            }
+        }
+        best
     }
 
     /// Power of two choices: two distinct random backends, the one with the
@@ -307,6 +329,13 @@ fn walk_ring(
 }
 
 const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// Pools up to this size are scanned whole by `least_loaded` (the least
+/// loaded of all, as least-connections picks); larger ones take two random
+/// choices, which stays O(1) and avoids herding at 10,000 backends. With
+/// four backends, two random choices still send the degraded one about one
+/// request in eight whatever its load (bench part 7).
+const SCAN_ALL: usize = 8;
 
 /// SplitMix64's finalizer: a well-mixed 64-bit value per counter step.
 fn splitmix64(x: u64) -> u64 {

@@ -198,3 +198,32 @@ fn empty_and_replaced_sets() {
         assert!(s.pick(b"k", 256, |_| true).is_none());
     }
 }
+
+#[test]
+fn least_loaded_scores_a_small_pool_whole() {
+    let ups: Vec<_> = (1..=4).map(|i| upstream(&format!("10.0.0.{i}:80"))).collect();
+    for (u, load) in ups.iter().zip([3, 1, 2, 5]) {
+        u.in_flight.store(load, Ordering::Relaxed);
+    }
+    let members: Vec<_> = ups.iter().map(|u| (u, 1)).collect();
+    let s = selector(Algorithm::LeastLoaded, &members);
+    // Two random choices would take 10.0.0.3 or 10.0.0.1 now and then.
+    assert_eq!(counts(&s, 500).get(&ups[1].addr), Some(&500));
+    // The reported load counts too: every replica's requests.
+    ups[1].reported_load.store(40, Ordering::Relaxed);
+    assert_eq!(counts(&s, 500).get(&ups[2].addr), Some(&500));
+}
+
+#[test]
+fn least_loaded_uses_two_choices_past_eight() {
+    let ups: Vec<_> = (1..=9).map(|i| upstream(&format!("10.0.0.{i}:80"))).collect();
+    for (k, u) in ups.iter().enumerate() {
+        u.in_flight.store(k as u64, Ordering::Relaxed);
+    }
+    let members: Vec<_> = ups.iter().map(|u| (u, 1)).collect();
+    let seen = counts(&selector(Algorithm::LeastLoaded, &members), 2000);
+    // Not only the least loaded: any but the busiest can win a draw.
+    assert!(seen.len() >= 5, "{seen:?}");
+    assert!(!seen.contains_key(&ups[8].addr));
+    assert!(seen[&ups[0].addr] > seen[&ups[4].addr]);
+}
