@@ -127,7 +127,11 @@ fn main() -> anyhow::Result<()> {
                 let body = Bytes::from(vec![b'x'; body_bytes]);
                 let mut vitals_ips = std::collections::HashSet::new();
                 for addr in backend {
-                    let factor = if slow.contains(&addr) { slow_factor } else { 1.0 };
+                    let factor = if slow.contains(&addr) {
+                        slow_factor
+                    } else {
+                        1.0
+                    };
                     let b = Arc::new(Backend {
                         workers: Semaphore::new(workers.max(1)),
                         service: Duration::from_secs_f64(service_ms * factor / 1000.0),
@@ -272,7 +276,11 @@ async fn load(
     for i in 0..total {
         let due = start + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(due.into()).await;
-        let (client, url, tx) = (client.clone(), urls[i as usize % urls.len()].clone(), tx.clone());
+        let (client, url, tx) = (
+            client.clone(),
+            urls[i as usize % urls.len()].clone(),
+            tx.clone(),
+        );
         tokio::spawn(async move {
             let r = match client.get(&url).send().await {
                 Ok(resp) if resp.status().is_success() => match resp.bytes().await {

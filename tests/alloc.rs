@@ -105,7 +105,9 @@ fn a_pick_allocates_nothing() {
                 for i in 0..PICKS {
                     let key = &keys[i % keys.len()];
                     // The proxy's filter: skip one address, as after a failed try.
-                    if let Some(u) = s.pick(key, 256, |u| n == 1 || (i % 3 != 0 && u.addr.port() == 8080)) {
+                    if let Some(u) = s.pick(key, 256, |u| {
+                        n == 1 || (i % 3 != 0 && u.addr.port() == 8080)
+                    }) {
                         picked += usize::from(u.live());
                     }
                     if let Some(b) = s.select_with(key, 256, |_, ready| ready) {
@@ -157,4 +159,3 @@ fn forwarded_for_allocates_only_its_value() {
     // One `Bytes` per header value, nothing in between.
     assert_eq!(counted, 2000);
 }
-

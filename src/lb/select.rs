@@ -260,7 +260,9 @@ impl Selector {
             }
         };
         // The choice, then every other backend once, in table order.
-        (0..n.min(max)).map(|k| (first + k) % n).find(|&i| accept(i))
+        (0..n.min(max))
+            .map(|k| (first + k) % n)
+            .find(|&i| accept(i))
     }
 
     /// Small pools: every backend is scored and the lowest per unit of
@@ -316,10 +318,7 @@ fn walk_ring(
     let mut last = usize::MAX;
     for _ in 0..max {
         let b = it.next()?;
-        let i = t
-            .backends
-            .binary_search_by(|x| x.addr.cmp(&b.addr))
-            .ok()?;
+        let i = t.backends.binary_search_by(|x| x.addr.cmp(&b.addr)).ok()?;
         if i != last && accept(i) {
             return Some(i);
         }

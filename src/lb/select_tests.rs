@@ -24,7 +24,11 @@ fn counts(s: &Selector, picks: usize) -> HashMap<SocketAddr, usize> {
 
 #[test]
 fn round_robin_visits_each_in_turn() {
-    let (a, b, c) = (upstream("10.0.0.1:80"), upstream("10.0.0.2:80"), upstream("10.0.0.3:80"));
+    let (a, b, c) = (
+        upstream("10.0.0.1:80"),
+        upstream("10.0.0.2:80"),
+        upstream("10.0.0.3:80"),
+    );
     let s = selector(Algorithm::RoundRobin, &[(&a, 1), (&b, 1), (&c, 1)]);
     let seen = counts(&s, 300);
     assert_eq!(seen.values().copied().collect::<Vec<_>>(), [100; 3]);
@@ -46,7 +50,9 @@ fn round_robin_follows_weights_interleaved() {
 
 #[test]
 fn refused_candidates_fall_through_to_each_other_backend_once() {
-    let ups: Vec<_> = (1..=5).map(|i| upstream(&format!("10.0.0.{i}:80"))).collect();
+    let ups: Vec<_> = (1..=5)
+        .map(|i| upstream(&format!("10.0.0.{i}:80")))
+        .collect();
     let members: Vec<_> = ups.iter().map(|u| (u, 1)).collect();
     for algorithm in [Algorithm::RoundRobin, Algorithm::LeastLoaded] {
         let s = selector(algorithm, &members);
@@ -85,12 +91,17 @@ fn least_loaded_prefers_idle_backend() {
 
 #[test]
 fn least_loaded_spreads_over_equal_backends() {
-    let ups: Vec<_> = (1..=4).map(|i| upstream(&format!("10.0.0.{i}:80"))).collect();
+    let ups: Vec<_> = (1..=4)
+        .map(|i| upstream(&format!("10.0.0.{i}:80")))
+        .collect();
     let members: Vec<_> = ups.iter().map(|u| (u, 1)).collect();
     let s = selector(Algorithm::LeastLoaded, &members);
     let seen = counts(&s, 4000);
     // All idle: random pairs, every backend gets a fair share.
-    assert!(seen.values().all(|&n| (700..=1300).contains(&n)), "{seen:?}");
+    assert!(
+        seen.values().all(|&n| (700..=1300).contains(&n)),
+        "{seen:?}"
+    );
 }
 
 #[test]
@@ -147,7 +158,9 @@ fn load_score_parses_from_the_flag() {
 
 #[test]
 fn consistent_hash_keeps_a_key_on_one_backend() {
-    let ups: Vec<_> = (1..=5).map(|i| upstream(&format!("10.0.0.{i}:80"))).collect();
+    let ups: Vec<_> = (1..=5)
+        .map(|i| upstream(&format!("10.0.0.{i}:80")))
+        .collect();
     let members: Vec<_> = ups.iter().map(|u| (u, 1)).collect();
     let s = selector(Algorithm::ConsistentHash, &members);
     assert!(s.uses_key());
@@ -161,14 +174,24 @@ fn consistent_hash_keeps_a_key_on_one_backend() {
         .map(|u| Backend::new(&u.addr.to_string()).unwrap())
         .collect();
     let ring = Arc::new(KetamaHashing::build(&set));
-    let want = ring.iter(b"user-42").next().unwrap().addr.as_inet().copied();
+    let want = ring
+        .iter(b"user-42")
+        .next()
+        .unwrap()
+        .addr
+        .as_inet()
+        .copied();
     assert_eq!(Some(first), want);
     // Refusing the owner moves the key to another backend.
     let next = s.pick(b"user-42", 256, |u| u.addr != first).unwrap().addr;
     assert_ne!(next, first);
     // Different keys spread.
     let spread: BTreeSet<_> = (0..200)
-        .map(|k| s.pick(format!("k{k}").as_bytes(), 256, |_| true).unwrap().addr)
+        .map(|k| {
+            s.pick(format!("k{k}").as_bytes(), 256, |_| true)
+                .unwrap()
+                .addr
+        })
         .collect();
     assert!(spread.len() >= 4);
 }
@@ -177,7 +200,9 @@ fn consistent_hash_keeps_a_key_on_one_backend() {
 fn select_with_answers_in_pingora_terms() {
     let (a, b) = (upstream("10.0.0.1:80"), upstream("10.0.0.2:80"));
     let s = selector(Algorithm::RoundRobin, &[(&a, 2), (&b, 1)]);
-    let got = s.select_with(b"", 256, |x, ready| ready && x.addr.as_inet() == Some(&b.addr));
+    let got = s.select_with(b"", 256, |x, ready| {
+        ready && x.addr.as_inet() == Some(&b.addr)
+    });
     let got = got.unwrap();
     assert_eq!((got.addr.as_inet(), got.weight), (Some(&b.addr), 1));
 }
@@ -201,7 +226,9 @@ fn empty_and_replaced_sets() {
 
 #[test]
 fn least_loaded_scores_a_small_pool_whole() {
-    let ups: Vec<_> = (1..=4).map(|i| upstream(&format!("10.0.0.{i}:80"))).collect();
+    let ups: Vec<_> = (1..=4)
+        .map(|i| upstream(&format!("10.0.0.{i}:80")))
+        .collect();
     for (u, load) in ups.iter().zip([3, 1, 2, 5]) {
         u.in_flight.store(load, Ordering::Relaxed);
     }
@@ -216,7 +243,9 @@ fn least_loaded_scores_a_small_pool_whole() {
 
 #[test]
 fn least_loaded_uses_two_choices_past_eight() {
-    let ups: Vec<_> = (1..=9).map(|i| upstream(&format!("10.0.0.{i}:80"))).collect();
+    let ups: Vec<_> = (1..=9)
+        .map(|i| upstream(&format!("10.0.0.{i}:80")))
+        .collect();
     for (k, u) in ups.iter().enumerate() {
         u.in_flight.store(k as u64, Ordering::Relaxed);
     }
