@@ -53,9 +53,9 @@ listening() { # PORT PID
   done
   return 1
 }
-stop() { # PID
+stop() { # PID [SIGNAL]: INT stops roster and nginx at once; HAProxy wants TERM
   local i
-  kill -INT "$1" 2>/dev/null || return 0
+  kill "-${2:-INT}" "$1" 2>/dev/null || return 0
   for i in $(seq 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
   kill -KILL "$1" 2>/dev/null || true
 }
@@ -142,7 +142,8 @@ for r in $(seq "$ROUNDS"); do
       log "$sc $t round $r: the client failed (p7-load.log)"
     log "$sc $t round $r: $(cat "$W/p7-$sc-$t-$r.json" 2>/dev/null)"
     fact "p7.$sc.$t.status" ran
-    for p in "${REPLICAS[@]}"; do stop "$p"; done
+    sig=INT; [ "$t" = haproxy ] && sig=TERM
+    for p in "${REPLICAS[@]}"; do stop "$p" "$sig"; done
     sleep 2 # the degraded backend's queue drains before the next target
   done
 done
