@@ -271,7 +271,7 @@ impl Selector {
     fn least_of_all(&self, t: &Table) -> usize {
         let n = t.backends.len();
         let r = splitmix64(self.cursor.fetch_add(GOLDEN, Ordering::Relaxed));
-        let start = ((r & 0xffff_ffff) * n as u64 >> 32) as usize;
+        let start = (((r & 0xffff_ffff) * n as u64) >> 32) as usize;
         let mut best = start;
         let mut best_score = self.score.of(&t.upstreams[start]);
         for k in 1..n {
@@ -291,12 +291,12 @@ impl Selector {
         let n = t.backends.len() as u64;
         let r = splitmix64(self.cursor.fetch_add(GOLDEN, Ordering::Relaxed));
         // Multiply-shift: uniform enough in 0..n without a division.
-        let a = ((r & 0xffff_ffff) * n >> 32) as usize;
+        let a = (((r & 0xffff_ffff) * n) >> 32) as usize;
         if n == 1 {
             return a;
         }
         // Distinct from `a`, so the busiest never wins a draw against itself.
-        let b = ((r >> 32) * (n - 1) >> 32) as usize;
+        let b = (((r >> 32) * (n - 1)) >> 32) as usize;
         let b = if b >= a { b + 1 } else { b };
         let score = |i: usize| self.score.of(&t.upstreams[i]);
         let (wa, wb) = (t.backends[a].weight as f64, t.backends[b].weight as f64);
