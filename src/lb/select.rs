@@ -3,13 +3,13 @@
 //! The registry publishes only routable backends. [`Selector::update`] turns
 //! each published set into a flat table, once per change; a pick then reads
 //! that table: one `ArcSwap` load, then one atomic add (round robin) or one
-//! random draw for two candidates (least loaded; pools of up to eight are
-//! scored whole). No allocation and no
-//! hashing of the set on the request path: pingora's
-//! `LoadBalancer::select_with` builds a SipHash `HashSet` on every call to
-//! keep candidates unique, here they are unique by construction (the first
-//! choice, then the others in table order). Consistent hashing keeps
-//! pingora's ketama ring, so keys map to the same backends as before.
+//! random draw (least loaded: two random candidates; pools of up to eight
+//! are scored whole). No allocation and no hashing of the set on the
+//! request path: pingora's `LoadBalancer::select_with` builds a SipHash
+//! `HashSet` on every call to keep candidates unique, here they are unique
+//! by construction (the first choice, then the others in table order).
+//! Consistent hashing keeps pingora's ketama ring, so keys map to the same
+//! backends as before.
 //!
 //! Public surface: [`Selector::new`] (follows a registry), [`Selector::standalone`]
 //! with [`Selector::set`] (fed by the caller), [`Selector::update`],
