@@ -146,7 +146,7 @@ def command():
     defaults = {"BENCH_DURATION": "10", "BENCH_ROUNDS": "3", "BENCH_CONNECTIONS": "64",
                 "BENCH_THREADS": "1", "BENCH_BACKENDS": "10000", "BENCH_CPU_SECONDS": "30",
                 "BENCH_AGENT_SECONDS": "60", "BENCH_ABUSE_SECONDS": "30", "BENCH_ABUSE_IDLE": "2000",
-                "BENCH_ABUSE_SLOW": "300", "BENCH_PARTS": "1 2 3 4 5"}
+                "BENCH_ABUSE_SLOW": "300", "BENCH_PARTS": "1 2 3 4 5 6 7"}
     for k, d in defaults.items():
         v = os.environ.get(k)
         if v is not None and v != d:
@@ -197,19 +197,24 @@ def error_note(summaries):
         add("")
 
 # ---------------------------------------------------------------- part 1
-p1 = {t: summary(runs("p1", t)) for t in ("roster", "nginx", "haproxy", "direct")}
+P1 = ("roster", "bare", "nginx", "haproxy", "direct")
+p1 = {t: summary(runs("p1", t)) for t in P1}
 if p1["roster"]["n"]:
     add("## 1. Proxy throughput and latency vs peers")
     add("")
     add("Four backends (hyper, `200 ok`, 3-byte body) on 127.0.0.1, round robin, keep-alive to the backends. "
         "Peer configs: [`bench/nginx.conf.in`](bench/nginx.conf.in), [`bench/haproxy.cfg.in`](bench/haproxy.cfg.in); "
         "roster: `roster lb --threads N` with the 4 backends registered through the control API. "
+        "`bare` is [`examples/bare_pingora.rs`](examples/bare_pingora.rs): the smallest pingora proxy "
+        "(round robin by an atomic counter), same pingora, allocator, `ServerConf` and peer timeouts as roster. "
         "`direct` is wrk against one backend: the ceiling of the load core.")
     add("")
     add("| target | req/s (median) | p50 ms | p99 ms | req/s per round | errors |")
     add("| --- | ---: | ---: | ---: | --- | ---: |")
-    for t in ("roster", "nginx", "haproxy", "direct"):
+    for t in P1:
         s = p1[t]
+        if not s["n"]:
+            continue
         add(f"| {t} | {f(s['rps'])} | {f(s['p50'], 3)} | {f(s['p99'], 3)} | "
             f"{', '.join(f(x) for x in s['all_rps'])} | {s['errors']} |")
     add("")
@@ -217,11 +222,18 @@ if p1["roster"]["n"]:
     r = p1["roster"]
     add("| ratio | req/s | p50 | p99 |")
     add("| --- | ---: | ---: | ---: |")
-    for t in ("nginx", "haproxy", "direct"):
-        o = p1[t]
-        add(f"| roster / {t} | {f(ratio(r['rps'], o['rps']), 2)}× | {f(ratio(r['p50'], o['p50']), 2)}× | "
+    for a, t in (("roster", "bare"), ("bare", "nginx"), ("roster", "nginx"), ("roster", "haproxy"),
+                 ("roster", "direct")):
+        r, o = p1[a], p1[t]
+        if not (r["n"] and o["n"]):
+            continue
+        add(f"| {a} / {t} | {f(ratio(r['rps'], o['rps']), 2)}× | {f(ratio(r['p50'], o['p50']), 2)}× | "
             f"{f(ratio(r['p99'], o['p99']), 2)}× |")
     add("")
+    r = p1["roster"]
+    if p1["bare"]["n"]:
+        q = ratio(r["rps"], p1["bare"]["rps"])
+        targets.append(("roster / bare pingora, req/s", "≥ 0.98×", f"{f(q, 3)}×", None if q is None else q >= 0.98))
     for t in ("nginx", "haproxy"):
         q = ratio(r["rps"], p1[t]["rps"])
         p99 = ratio(r["p99"], p1[t]["p99"])
@@ -426,6 +438,12 @@ if any(F.get(f"p5.{name}.status") for name, _ in P5):
         add(f"- {n5}")
     if notes5:
         add("")
+
+# ---------------------------------------------------------------- parts 6, 7
+import report_parts  # noqa: E402 - beside this file
+
+report_parts.part6(F, add, targets, f)
+report_parts.part7(W, F, add, targets, f)
 
 # ---------------------------------------------------------------- targets
 add("## Targets")

@@ -11,6 +11,11 @@
 #   5. hostile clients, per listener (LB proxy, LB control API, agent vitals,
 #      injector): idle + slowloris connections and a normal poller at once,
 #      the server with its default limits
+#   6. instructions per request under callgrind: roster, bare pingora
+#      (examples/bare_pingora.rs), nginx, HAProxy; body sizes 3 B to 1 MB
+#      (bench/instructions.sh)
+#   7. load-aware selection: two LB replicas, four backends, one degraded,
+#      open-loop load (bench/loadaware.sh, examples/loadaware.rs)
 #
 # Loopback only; every process it starts is stopped by PID on exit; every
 # load loop is bounded in count and time. Knobs (environment):
@@ -20,7 +25,9 @@
 #   BENCH_OUT=BENCHMARKS.md  BENCH_KEEP=1 (keep the work dir with all logs)
 #   BENCH_ABUSE_SECONDS=30 (part 5 window per listener)  BENCH_ABUSE_IDLE=2000
 #   BENCH_ABUSE_SLOW=300 (part 5 idle / slowloris connections)
-#   BENCH_SKIP_BUILD=1  BENCH_PARTS="1 2 3 4 5"
+#   BENCH_SKIP_BUILD=1  BENCH_PARTS="1 2 3 4 5 6 7"
+#   part 6: BENCH_CG_COUNT BENCH_CG_WARM BENCH_CG_SIZES BENCH_CG_TARGETS
+#   part 7: BENCH_LA_RATE BENCH_LA_SECONDS BENCH_LA_ROUNDS ... (see the scripts)
 #   BENCH_PROFILE=debug (only to develop this script: numbers are meaningless)
 #   BENCH_ROSTER=/path/to/roster (A/B a candidate build against the peers)
 #   BENCH_LB_FLAGS="--keepalive-pool-size 4096" (extra flags for every roster LB)
@@ -40,7 +47,7 @@ OUT=${BENCH_OUT:-BENCHMARKS.md}
 ABUSE_SECONDS=${BENCH_ABUSE_SECONDS:-30}
 ABUSE_IDLE=${BENCH_ABUSE_IDLE:-2000}
 ABUSE_SLOW=${BENCH_ABUSE_SLOW:-300}
-PARTS=${BENCH_PARTS:-1 2 3 4 5}
+PARTS=${BENCH_PARTS:-1 2 3 4 5 6 7}
 
 # Configuration comes from the flags below only.
 for v in $(env | grep -o '^ROSTER_[A-Z_]*' || true); do unset "$v"; done
@@ -59,26 +66,30 @@ if [ -z "${BENCH_SKIP_BUILD:-}" ]; then
   # shared crates, and the roster measured must be the one `cargo build
   # --release` makes. Both variants stay cached in target/.
   flag=(); [ "$PROFILE" = release ] && flag=(--release)
-  cargo build "${flag[@]}" --quiet --example benchfarm
+  cargo build "${flag[@]}" --quiet --example benchfarm --example bare_pingora --example loadaware
   cargo build "${flag[@]}" --quiet --bin roster --bin roster-agent
 fi
 ROSTER=${BENCH_ROSTER:-$ROOT/target/$PROFILE/roster}
 # The sidecar binary (what the injector runs), beside the roster measured.
 AGENT_BIN=$(dirname "$ROSTER")/roster-agent
 FARM=$ROOT/target/$PROFILE/examples/benchfarm
-for b in "$ROSTER" "$FARM"; do [ -x "$b" ] || { echo "missing $b" >&2; exit 1; }; done
+# The reference: pingora with nothing on top (same Cargo.lock, allocator and
+# ServerConf as `roster lb`).
+BARE=${BENCH_BARE:-$ROOT/target/$PROFILE/examples/bare_pingora}
+LOADAWARE=$ROOT/target/$PROFILE/examples/loadaware
+for b in "$ROSTER" "$FARM" "$BARE" "$LOADAWARE"; do [ -x "$b" ] || { echo "missing $b" >&2; exit 1; }; done
 
 W=$(mktemp -d /tmp/roster-bench.XXXXXX)
 chmod 755 "$W"
 # Ports (all on loopback): farm 1-4 (part 1 apps), 90 vitals, 99 control,
 # 100 (generated apps on 0.0.0.0); LBs from 200 up; part 5 from 600 up.
 P_APP=$((BASE + 1)); P_VITALS=$((BASE + 90)); P_FARMCTL=$((BASE + 99)); P_GEN=$((BASE + 100))
-P_ROSTER=$((BASE + 200)); P_NGINX=$((BASE + 210)); P_HAPROXY=$((BASE + 220))
+P_ROSTER=$((BASE + 200)); P_NGINX=$((BASE + 210)); P_HAPROXY=$((BASE + 220)); P_BARE=$((BASE + 230))
 P_R10=$((BASE + 300)); P_R3=$((BASE + 400)); P_R4=$((BASE + 500))
 P_AGENT=$((BASE + 590))
 P_R5=$((BASE + 600)); P_R5C=$((BASE + 610)); P_V5=$((BASE + 620)); P_INJ=$((BASE + 630))
 for p in $P_APP $((P_APP + 1)) $((P_APP + 2)) $((P_APP + 3)) $P_VITALS $P_FARMCTL $P_GEN \
-  $P_ROSTER $((P_ROSTER + 1)) $P_NGINX $P_HAPROXY $P_R10 $((P_R10 + 1)) \
+  $P_ROSTER $((P_ROSTER + 1)) $P_NGINX $P_HAPROXY $P_BARE $P_R10 $((P_R10 + 1)) \
   $P_R3 $((P_R3 + 1)) $P_R4 $((P_R4 + 1)) $P_AGENT $((P_AGENT + 1)) \
   $P_R5 $((P_R5 + 1)) $P_R5C $((P_R5C + 1)) $P_V5 $P_INJ; do
   if [ -n "$(ss -Hltn "sport = :$p" 2>/dev/null)" ]; then
@@ -201,7 +212,7 @@ want() { [[ " $PARTS " == *" $1 "* ]]; }
 
 # ---------------------------------------------------------------- part 1
 if want 1; then
-  log "part 1: roster vs nginx vs HAProxy vs direct (${ROUNDS} rounds x ${DURATION}s)"
+  log "part 1: roster vs bare pingora vs nginx vs HAProxy vs direct (${ROUNDS} rounds x ${DURATION}s)"
   ups="" srv=""
   for i in 0 1 2 3; do
     ups+="        server 127.0.0.1:$((P_APP + i));"$'\n'
@@ -226,14 +237,20 @@ if want 1; then
   start haproxy "$PROXY_CPUS" haproxy -db -f "$W/haproxy.cfg"
   HAPROXY_PID=$LAST_PID
   wait_port "$P_HAPROXY" haproxy
+  start bare "$PROXY_CPUS" "$BARE" --listen "127.0.0.1:$P_BARE" --threads "$THREADS" \
+    --upstream "127.0.0.1:$P_APP" --upstream "127.0.0.1:$((P_APP + 1))" \
+    --upstream "127.0.0.1:$((P_APP + 2))" --upstream "127.0.0.1:$((P_APP + 3))"
+  BARE_PID=$LAST_PID
+  wait_port "$P_BARE" bare
 
   declare -A URL=([roster]="http://127.0.0.1:$P_ROSTER/" [nginx]="http://127.0.0.1:$P_NGINX/"
-    [haproxy]="http://127.0.0.1:$P_HAPROXY/" [direct]="http://127.0.0.1:$P_APP/")
-  for t in roster nginx haproxy direct; do # warm-up, not recorded
+    [haproxy]="http://127.0.0.1:$P_HAPROXY/" [direct]="http://127.0.0.1:$P_APP/"
+    [bare]="http://127.0.0.1:$P_BARE/")
+  for t in roster bare nginx haproxy direct; do # warm-up, not recorded
     DURATION=2 wrk_run "$W/warmup-$t.txt" "${URL[$t]}"
   done
   for r in $(seq "$ROUNDS"); do
-    for t in roster nginx haproxy direct; do
+    for t in roster bare nginx haproxy direct; do
       wrk_run "$W/wrk-p1-$t-$r.txt" "${URL[$t]}"
       log "  round $r $t: $(awk '/^Requests\/sec/ {print $2}' "$W/wrk-p1-$t-$r.txt") req/s"
     done
@@ -241,7 +258,7 @@ if want 1; then
   fact p1.roster_rss_kb "$(kb "$R1_PID" VmRSS)"
   fact p1.nginx_version "$(nginx -v 2>&1 | sed 's/.*: //')"
   fact p1.haproxy_version "$(haproxy -v | head -1 | awk '{print $3}')"
-  stop "$R1_PID" INT; stop "$NGINX_PID"; stop "$HAPROXY_PID"
+  stop "$R1_PID" INT; stop "$NGINX_PID"; stop "$HAPROXY_PID"; stop "$BARE_PID" INT
 fi
 
 # ---------------------------------------------------------------- parts 3 and 2
@@ -445,6 +462,18 @@ if want 5; then
   else
     skip5 injector "roster inject --generate-cert failed (p5-cert.log)"
   fi
+fi
+
+# ---------------------------------------------------------------- parts 6, 7
+# Own scripts (each bounded, each stops what it starts); they read these.
+export ROSTER BARE LOADAWARE FARM PROXY_CPUS LOAD_CPUS BASE
+if want 6; then
+  log "part 6: instructions per request under callgrind"
+  bench/instructions.sh "$W" || log "  part 6 failed"
+fi
+if want 7; then
+  log "part 7: load-aware selection, 2 replicas, 4 backends, one degraded"
+  bench/loadaware.sh "$W" || log "  part 7 failed"
 fi
 
 stop "$FARM_PID"

@@ -261,6 +261,17 @@ pub struct LbConfig {
         env = "ROSTER_ALGORITHM"
     )]
     pub algorithm: Algorithm,
+    /// How `least_loaded` scores a backend: weights of this LB's in-flight
+    /// requests, the backend's reported load and its GPU usage, e.g.
+    /// `in_flight=4,reported=1,gpu=0.5`.
+    #[arg(
+        id = "lb.load_score",
+        required = false,
+        value_name = "LOAD_SCORE",
+        long = "load-score",
+        env = "ROSTER_LOAD_SCORE"
+    )]
+    pub load_score: crate::lb::select::LoadScore,
     /// Request header whose value keys `consistent_hash`.
     #[arg(
         id = "lb.hash_header",
@@ -375,6 +386,7 @@ impl Default for LbConfig {
             control_listen: ([0, 0, 0, 0], 8080).into(),
             threads: None,
             algorithm: Algorithm::RoundRobin,
+            load_score: Default::default(),
             hash_header: "x-roster-hash-key".into(),
             grace_period: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(1),
@@ -689,6 +701,10 @@ impl Config {
                 "must be ≥ lb.ejection_time, and both more than 0",
             ));
         }
+        self.lb
+            .load_score
+            .check()
+            .map_err(|e| invalid("lb.load_score", e))?;
         if hc.concurrency == 0 {
             return Err(invalid("health_check.concurrency", "must be ≥ 1"));
         }

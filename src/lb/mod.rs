@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod bounded;
 mod control;
+pub mod forwarded;
 pub mod pools;
 pub mod proxy;
 pub mod ready;

@@ -84,7 +84,8 @@ impl Pools {
     fn insert(&self, config: &Config, slot: Arc<Slot>) -> Arc<Pool> {
         let settings = config.service_settings(slot.name());
         let pool = Arc::new(Pool {
-            selector: Selector::new(settings.algorithm, Arc::clone(&slot)),
+            selector: Selector::new(settings.algorithm, Arc::clone(&slot))
+                .with_load_score(config.lb.load_score),
             slot,
             settings,
             panic: AtomicBool::new(false),

@@ -18,6 +18,11 @@ use super::routes::host_of;
 use crate::registry::Upstream;
 use crate::telemetry::CodeClass;
 
+/// Lower case: pingora keeps the name as given for the wire.
+const XFF: &str = "x-forwarded-for";
+/// The same name, parsed once: a lookup then hashes it without parsing.
+static XFF_NAME: http::HeaderName = http::HeaderName::from_static(XFF);
+
 /// Candidates visited per pick; bounds ketama's walk and retries' skips.
 const MAX_ITERATIONS: usize = 256;
 
@@ -189,20 +194,9 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         // The client's Host passes through unchanged, as from any reverse
         // proxy; the client's address is appended to X-Forwarded-For.
-        if let Some(ip) = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-        {
-            let xff = match req
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-                _ => ip.to_string(),
-            };
-            req.insert_header("x-forwarded-for", xff)?;
+        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()) {
+            let xff = super::forwarded::forwarded_for(req.headers.get(&XFF_NAME), ip.ip());
+            req.insert_header(XFF, xff)?;
         }
         Ok(())
     }
@@ -334,9 +328,7 @@ impl ProxyHttp for Proxy {
                     .inc()
             }
         }
-        m.duration
-            .with_label_values(&[class.as_str()])
-            .observe(ctx.started.elapsed().as_secs_f64());
+        m.observe_duration(class, ctx.started.elapsed().as_secs_f64());
     }
 }
 

@@ -124,6 +124,8 @@ impl Registry {
                     u64::from(v.requests_in_progress) + u64::from(v.backoff_requests),
                     Ordering::Relaxed,
                 );
+                let gpu = (v.gpu_usage.clamp(0.0, 100.0) * 100.0) as u32;
+                e.upstream.gpu_usage.store(gpu, Ordering::Relaxed);
                 e.vitals = Some(v);
                 if e.health.state != BackendState::Draining {
                     e.upstream.withdraw(false);

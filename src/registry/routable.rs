@@ -22,6 +22,9 @@ pub struct Upstream {
     pub in_flight: AtomicU64,
     /// Load the backend reported in its vitals (requests + backoff).
     pub reported_load: AtomicU64,
+    /// GPU usage the backend reported, in hundredths of a percent
+    /// (0–10,000); `lb.load_score.gpu` weighs it.
+    pub gpu_usage: AtomicU32,
     /// Consecutive failures seen on live traffic (connect errors, 5xx).
     pub failures: AtomicU32,
     /// This backend's request counters.
@@ -41,6 +44,7 @@ impl Upstream {
             label: addr.to_string(),
             in_flight: AtomicU64::new(0),
             reported_load: AtomicU64::new(0),
+            gpu_usage: AtomicU32::new(0),
             failures: AtomicU32::new(0),
             requests: Default::default(),
             withdrawn: AtomicBool::new(false),

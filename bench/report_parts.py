@@ -1,0 +1,119 @@
+"""Parts 6 (instructions per request) and 7 (load-aware selection) of
+BENCHMARKS.md, for bench/report.py. Standard library only."""
+
+import json
+import os
+
+SIZES = ("3", "1024", "65536", "1048576")
+SIZE_NAME = {"3": "3 B", "1024": "1 KB", "65536": "64 KB", "1048576": "1 MB"}
+TARGETS6 = ("roster", "roster-base", "bare", "bare-nt", "nginx", "haproxy")
+
+
+def part6(F, add, targets, f):
+    def ir(t, size):
+        try:
+            v = float(F[f"p6.{t}.{size}.ir_per_request"])
+        except (KeyError, ValueError):
+            return None
+        return v or None
+
+    sizes = [s for s in SIZES if any(ir(t, s) for t in TARGETS6)]
+    if not sizes:
+        return
+    add("## 6. Instructions per request (callgrind)")
+    add("")
+    add(f"Each proxy under `valgrind --tool=callgrind`, pinned like part 1 (`--threads 1`, one nginx worker "
+        f"with `master_process off`, HAProxy `nbthread 1`), in front of four backends "
+        f"(`examples/loadaware.rs backends`, answering at once with a body of the given size). Two runs per "
+        f"cell: {F.get('p6.warm', '?')} requests, then {F.get('p6.warm', '?')} + N (N = "
+        f"{F.get('p6.count', '?')} for small bodies, fewer for 64 KB and 1 MB), one keep-alive connection, one "
+        "request at a time (`bench/fixedclient.py`); the cell is the difference of the two totals divided by "
+        "N, so start-up, registration and shutdown cancel out. Instruction counts do not depend on the "
+        "machine's load: this is the table to compare builds with. roster runs with every feature on "
+        "(X-Forwarded-For, retries, ejection, metrics, listener limits), `--health-interval 1h` so checks do "
+        "not fall inside the window. `roster-base` is the build before this round's changes (when measured), "
+        "`bare-nt` bare pingora without peer timeouts.")
+    add("")
+    add("| target | " + " | ".join(SIZE_NAME[s] for s in sizes) + " |")
+    add("| --- |" + " ---: |" * len(sizes))
+    for t in TARGETS6:
+        if any(ir(t, s) for s in sizes):
+            add(f"| {t} | " + " | ".join(f(ir(t, s)) for s in sizes) + " |")
+    add("")
+    add("| ratio | " + " | ".join(SIZE_NAME[s] for s in sizes) + " |")
+    add("| --- |" + " ---: |" * len(sizes))
+    for a, b in (("roster", "bare"), ("roster-base", "bare"), ("bare-nt", "bare"), ("bare", "nginx"),
+                 ("roster", "nginx"), ("bare", "haproxy")):
+        cells = []
+        for s in sizes:
+            x, y = ir(a, s), ir(b, s)
+            cells.append(f"{x / y:.3f}×" if x and y else "n/a")
+        if any(c != "n/a" for c in cells):
+            add(f"| {a} / {b} | " + " | ".join(cells) + " |")
+    add("")
+    x, y = ir("roster", sizes[0]), ir("bare", sizes[0])
+    if x and y:
+        targets.append(("roster / bare pingora, instructions per request", "≤ 1.02×", f"{x / y:.3f}×",
+                        x / y <= 1.02))
+
+
+def _results(W, sc, t):
+    rs, r = [], 1
+    while os.path.exists(os.path.join(W, f"p7-{sc}-{t}-{r}.json")):
+        try:
+            with open(os.path.join(W, f"p7-{sc}-{t}-{r}.json")) as fh:
+                rs.append(json.loads(fh.read().strip().splitlines()[-1]))
+        except (OSError, ValueError, IndexError):
+            pass
+        r += 1
+    return rs
+
+
+def part7(W, F, add, targets, f):
+    names = (("roster-ll", "roster `least_loaded`"), ("roster-rr", "roster `round_robin`"),
+             ("nginx", "nginx `least_conn`"), ("haproxy", "HAProxy `leastconn`"))
+    scenarios = (F.get("p7.scenarios") or "").split()
+    if not any(_results(W, sc, t) for sc in scenarios for t, _ in names):
+        return
+    add("## 7. Load-aware selection: two LB replicas, one degraded backend")
+    add("")
+    add(f"Two replicas of each LB share four backends (`examples/loadaware.rs backends`: "
+        f"{F.get('p7.workers')} requests served at once per backend, the rest queued; "
+        f"{F.get('p7.service_ms')} ms of work per request). One backend is degraded: in `slow` each of its "
+        f"requests takes {F.get('p7.slow_factor')}× as long; in `busy` it is as fast but clients that no LB "
+        f"here routes keep {F.get('p7.external')} requests queued on it (another workload sharing the "
+        f"backend). An open-loop client sends {F.get('p7.rate')} requests/s for {F.get('p7.seconds')} s "
+        "(after a warm-up), alternating between the two replicas, and measures each latency from the moment "
+        "the request was due, so queueing shows. The backends' vitals report `requests_in_progress` (being "
+        "served) and `backoff_requests` (queued): every client's load. roster checks vitals every 1 s; "
+        "nginx `least_conn` and HAProxy `leastconn` count only their own connections. Both replicas pinned "
+        "to the proxy core, client and backends to the load core. Bench: `bench/loadaware.sh`.")
+    add("")
+    add("| scenario | LB pair | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | ok | errors |")
+    add("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    summary = []
+    for sc in scenarios:
+        med = {}
+        for t, label in names:
+            rs = _results(W, sc, t)
+            if not rs:
+                add(f"| {sc} | {label} | not run ({F.get(f'p7.{sc}.{t}.status', 'no result')}) | | | | | | |")
+                continue
+
+            def m(k):
+                vals = sorted(r.get(k, 0) for r in rs)
+                return vals[len(vals) // 2]
+            v = med[t] = {k: m(k) for k in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "ok", "errors")}
+            add(f"| {sc} | {label} | {f(v['p50_ms'], 2)} | {f(v['p90_ms'], 2)} | {f(v['p99_ms'], 2)} | "
+                f"{f(v['p999_ms'], 2)} | {f(v['max_ms'], 1)} | {f(v['ok'])} | {f(v['errors'])} |")
+        peers = [t for t in ("nginx", "haproxy") if t in med]
+        if "roster-ll" in med and peers:
+            best = min(med[t]["p99_ms"] for t in peers)
+            q = med["roster-ll"]["p99_ms"] / best if best else None
+            summary.append(f"`{sc}`: **{f(q, 2)}×**")
+            targets.append((f"load-aware p99 ({sc}), roster least_loaded / best least-connections peer",
+                            "< 1.0× (clearly)", f"{f(q, 2)}×", None if q is None else q < 0.9))
+    add("")
+    if summary:
+        add("roster `least_loaded` p99 / the better peer's p99: " + ", ".join(summary) + ".")
+        add("")
