@@ -207,6 +207,22 @@ pub struct LbConfig {
     pub proxy_limits: ProxyLimits,
     /// Bounds on the control API's connections.
     pub control_limits: ControlLimits,
+    /// Accept HTTP/2 with prior knowledge (h2c) on the plaintext `listen`
+    /// port, beside HTTP/1.1 (told apart by the h2 preface).
+    pub h2c: bool,
+    /// TLS termination (a second listener, when certificates are given).
+    pub tls: crate::lb::tls::TlsConfig,
+    /// What backends speak unless their registration says otherwise.
+    pub upstream_protocol: crate::protocol::Protocol,
+    /// An upgraded connection (WebSocket) is closed after this long with
+    /// no data from one side; `read_timeout` does not apply to it.
+    #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
+    pub websocket_idle_timeout: Duration,
+    /// gRPC methods (`/pkg.Service/Method`) safe to replay on another
+    /// backend after a failure; other gRPC calls are retried only when
+    /// they never reached a backend.
+    pub grpc_idempotent_methods: Vec<String>,
 }
 
 impl Default for LbConfig {
@@ -231,6 +247,11 @@ impl Default for LbConfig {
             warmup: Duration::from_secs(30),
             proxy_limits: ProxyLimits::default(),
             control_limits: ControlLimits::default(),
+            h2c: true,
+            tls: crate::lb::tls::TlsConfig::default(),
+            upstream_protocol: crate::protocol::Protocol::Http1,
+            websocket_idle_timeout: Duration::from_secs(3600),
+            grpc_idempotent_methods: Vec::new(),
         }
     }
 }
@@ -329,6 +350,9 @@ pub struct AgentConfig {
     pub resources: ResourceMode,
     /// Bounds on the vitals port's connections.
     pub vitals_limits: VitalsLimits,
+    /// What the app speaks (http1, h2c, auto), announced in every
+    /// registration; null = the LB's `lb.upstream_protocol`.
+    pub app_protocol: Option<crate::protocol::Protocol>,
 }
 
 impl Default for AgentConfig {
@@ -344,6 +368,7 @@ impl Default for AgentConfig {
             drain_period: Duration::from_secs(10),
             resources: ResourceMode::Auto,
             vitals_limits: VitalsLimits::default(),
+            app_protocol: None,
         }
     }
 }
@@ -441,6 +466,23 @@ impl Config {
         self.registration.networks()?;
         crate::limits::validate("lb.proxy_limits", &self.lb.proxy_limits.get())?;
         crate::limits::validate("lb.control_limits", &self.lb.control_limits.get())?;
+        if self.lb.websocket_idle_timeout.is_zero() {
+            return Err(invalid("lb.websocket_idle_timeout", "must be more than 0"));
+        }
+        if let Some(m) = self
+            .lb
+            .grpc_idempotent_methods
+            .iter()
+            .find(|m| !m.starts_with('/') || m.matches('/').count() != 2)
+        {
+            return Err(invalid(
+                "lb.grpc_idempotent_methods",
+                format!("{m:?}: expected /package.Service/Method"),
+            ));
+        }
+        if self.lb.tls.enabled() && self.lb.tls.reload_interval.is_zero() {
+            return Err(invalid("lb.tls.reload_interval", "must be more than 0"));
+        }
         Ok(())
     }
 }
@@ -575,6 +617,25 @@ pub struct LbArgs {
     pub proxy_limits: ProxyLimitArgs,
     #[command(flatten)]
     pub control_limits: ControlLimitArgs,
+    /// Accept h2c (HTTP/2 prior knowledge) on the proxy port (lb.h2c).
+    #[arg(long, env = "ROSTER_H2C", num_args = 0..=1, default_missing_value = "true")]
+    pub h2c: Option<bool>,
+    /// TLS listen address (lb.tls.listen).
+    #[arg(long, env = "ROSTER_TLS_LISTEN")]
+    pub tls_listen: Option<SocketAddr>,
+    /// Certificate and key, CERT_FILE:KEY_FILE; repeat or comma-separate
+    /// for several SNI names (lb.tls.certs).
+    #[arg(long = "tls-cert", env = "ROSTER_TLS_CERTS", value_delimiter = ',')]
+    pub tls_certs: Option<Vec<crate::lb::tls::CertPair>>,
+    /// What backends speak by default: http1, h2c or auto (lb.upstream_protocol).
+    #[arg(long, env = "ROSTER_UPSTREAM_PROTOCOL")]
+    pub upstream_protocol: Option<crate::protocol::Protocol>,
+    /// Idle timeout of upgraded (WebSocket) connections (lb.websocket_idle_timeout).
+    #[arg(long, env = "ROSTER_WEBSOCKET_IDLE_TIMEOUT", value_parser = parse_duration)]
+    pub websocket_idle_timeout: Option<Duration>,
+    /// Comma-separated gRPC methods safe to retry (lb.grpc_idempotent_methods).
+    #[arg(long, env = "ROSTER_GRPC_IDEMPOTENT_METHODS", value_delimiter = ',')]
+    pub grpc_idempotent_methods: Option<Vec<String>>,
     /// Print the merged configuration as YAML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -637,6 +698,12 @@ impl LbArgs {
         set!(c.registration.rate_limit_burst, self.rate_limit_burst);
         self.proxy_limits.apply(&mut c.lb.proxy_limits);
         self.control_limits.apply(&mut c.lb.control_limits);
+        set!(c.lb.h2c, self.h2c);
+        set!(c.lb.tls.listen, self.tls_listen);
+        set!(c.lb.tls.certs, self.tls_certs);
+        set!(c.lb.upstream_protocol, self.upstream_protocol);
+        set!(c.lb.websocket_idle_timeout, self.websocket_idle_timeout);
+        set!(c.lb.grpc_idempotent_methods, self.grpc_idempotent_methods);
     }
 }
 

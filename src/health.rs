@@ -425,6 +425,7 @@ mod scheduler_tests {
             address: format!("{}:1", vitals.ip()),
             metrics_port: vitals.port(),
             weight: 1,
+            protocol: None,
         };
         let valid = h.registry.policy().validate(&reg).unwrap();
         let (_, _, target) = h.registry.register(valid, Instant::now()).unwrap();

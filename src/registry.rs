@@ -54,6 +54,8 @@ pub struct Valid {
     pub addr: SocketAddr,
     pub metrics_port: u16,
     pub weight: u32,
+    /// The registration's `protocol`, carried to [`Upstream::protocol`].
+    pub protocol: Option<crate::protocol::Protocol>,
 }
 
 /// What registration accepts: the address fence and the size cap.
@@ -160,6 +162,7 @@ impl Policy {
             addr: SocketAddr::new(ip, addr.port()),
             metrics_port: reg.metrics_port,
             weight: reg.weight,
+            protocol: reg.protocol,
         })
     }
 }
@@ -191,6 +194,8 @@ pub struct Upstream {
     /// publication: the request path skips it at once (read-your-writes for
     /// DELETE, expiry and `ready: false`) while rebuilds stay coalesced.
     withdrawn: AtomicBool,
+    /// What the backend registered as speaking; None = `lb.upstream_protocol`.
+    pub protocol: Option<crate::protocol::Protocol>,
 }
 
 impl Upstream {
@@ -204,7 +209,14 @@ impl Upstream {
             failures: Default::default(),
             requests: Default::default(),
             withdrawn: AtomicBool::new(false),
+            protocol: None,
         }
+    }
+
+    /// The backend's registered protocol.
+    pub fn with_protocol(mut self, protocol: Option<crate::protocol::Protocol>) -> Self {
+        self.protocol = protocol;
+        self
     }
 
     /// Still in the registry and not withdrawn since the last publication.
@@ -488,6 +500,7 @@ impl Registry {
         if let Some(e) = entries.get_mut(&v.id)
             && e.addr == v.addr
             && e.metrics_port == v.metrics_port
+            && e.upstream.protocol == v.protocol
         {
             e.lease_expires = lease_expires;
             let reweighed = e.weight != v.weight && e.routable();
@@ -538,7 +551,7 @@ impl Registry {
             eject_reason: None,
             ejections: 0,
             last_ejected: None,
-            upstream: Arc::new(Upstream::new(&v.id, v.addr)),
+            upstream: Arc::new(Upstream::new(&v.id, v.addr).with_protocol(v.protocol)),
         };
         if !replacing {
             *self.last_created.lock() = Some(now);
@@ -936,6 +949,7 @@ mod tests {
             address: address.into(),
             metrics_port: 9090,
             weight: 1,
+            protocol: None,
         }
     }
 
@@ -1021,6 +1035,22 @@ mod tests {
         r.deregister("b");
         r.register(v("c", "10.0.0.9:80"), now).unwrap();
         assert!(r.view(now).backends.iter().all(|e| e.id != "a"));
+    }
+
+    #[test]
+    fn protocol_rides_to_the_upstream() {
+        use crate::protocol::Protocol;
+        let r = registry();
+        let now = Instant::now();
+        let mut g = reg("a", "10.0.0.1:80");
+        g.protocol = Some(Protocol::H2c);
+        r.register(policy().validate(&g).unwrap(), now).unwrap();
+        let proto = |r: &Registry| r.entries.read().get("a").map(|e| e.upstream.protocol);
+        assert_eq!(proto(&r), Some(Some(Protocol::H2c)));
+        g.protocol = None;
+        let (_, _, t) = r.register(policy().validate(&g).unwrap(), now).unwrap();
+        assert!(t.is_some(), "a changed protocol is a new upstream, checked afresh");
+        assert_eq!(proto(&r), Some(None));
     }
 
     #[test]

@@ -131,6 +131,10 @@ pub struct AgentArgs {
     /// URL of JSON vitals the app serves, merged into ours (agent.app_vitals).
     #[arg(long, env = "ROSTER_APP_VITALS")]
     pub app_vitals: Option<String>,
+    /// What the app speaks: http1, h2c or auto; announced in every
+    /// registration (agent.app_protocol).
+    #[arg(long, env = "ROSTER_APP_PROTOCOL")]
+    pub app_protocol: Option<crate::protocol::Protocol>,
     /// Longest drain before exiting (agent.drain_period).
     #[arg(long, env = "ROSTER_DRAIN_PERIOD", value_parser = parse_duration)]
     pub drain_period: Option<Duration>,
@@ -183,6 +187,7 @@ impl AgentArgs {
         over_opt(&mut c.agent.token_file, &self.token_file);
         over_opt(&mut c.agent.app_health, &self.app_health);
         over_opt(&mut c.agent.app_vitals, &self.app_vitals);
+        over_opt(&mut c.agent.app_protocol, &self.app_protocol);
         over(&mut c.agent.drain_period, &self.drain_period);
         over(&mut c.agent.metrics_listen, &self.metrics_listen);
         over(&mut c.health_check.interval, &self.health_interval);
@@ -266,6 +271,8 @@ pub struct Settings {
     pub token_file: Option<PathBuf>,
     pub app_health: AppHealth,
     pub app_vitals: Option<String>,
+    /// Announced as the registration's `protocol`.
+    pub app_protocol: Option<crate::protocol::Protocol>,
     pub drain_period: Duration,
     /// The LBs' `health_check.interval`.
     pub lb_health_interval: Duration,
@@ -405,6 +412,7 @@ impl Settings {
             token_file: a.token_file.clone(),
             app_health,
             app_vitals,
+            app_protocol: a.app_protocol,
             drain_period: a.drain_period,
             lb_health_interval: c.health_check.interval,
             resources: a.resources,
@@ -525,6 +533,7 @@ impl Agent {
             address: s.address.to_string(),
             metrics_port: metrics_addr.port(),
             weight: 1,
+            protocol: s.app_protocol,
         };
         let client = http_client(announce::request_timeout(s.announce_interval))?;
         let sources = probe::Sources::new(s.app_health.clone(), s.app_vitals.clone())?;

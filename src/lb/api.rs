@@ -319,7 +319,7 @@ mod tests {
                 max_backends: 10,
                 lease_ttl: std::time::Duration::from_secs(1),
             };
-            let reg = Registration { id: id.clone(), address, metrics_port: port, weight };
+            let reg = Registration { id: id.clone(), address, metrics_port: port, weight, protocol: None };
             match policy.validate(&reg) {
                 Ok(v) => {
                     prop_assert!(!v.id.is_empty() && v.id.len() <= 253);

@@ -8,8 +8,11 @@
 pub mod api;
 pub mod auth;
 pub mod bounded;
+pub mod grpc;
+pub mod peer;
 pub mod proxy;
 pub mod select;
+pub mod tls;
 pub mod ui;
 
 use std::net::SocketAddr;
@@ -202,6 +205,8 @@ struct Control {
     state: Arc<State>,
     /// Bound before the server starts so a busy port fails `roster lb` at once.
     listener: Mutex<Option<std::net::TcpListener>>,
+    /// The TLS listener's certificates, watched for changes.
+    certs: Option<Arc<tls::CertStore>>,
 }
 
 #[async_trait]
@@ -211,6 +216,9 @@ impl BackgroundService for Control {
         tokio::spawn(Arc::clone(&st).publish_loop());
         tokio::spawn(Arc::clone(&st).sweep_loop());
         tokio::spawn(Arc::clone(&st.health).run());
+        if let Some(certs) = &self.certs {
+            tokio::spawn(Arc::clone(certs).watch(st.config.lb.tls.reload_interval));
+        }
         let Some(listener) = self.listener.lock().take() else {
             return;
         };
@@ -297,6 +305,27 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
     Ok(l)
 }
 
+/// The proxy as a pingora HTTP app; `h2c` turns on pingora's cleartext
+/// HTTP/2. An idle h2 connection closes after the proxy port's idle
+/// timeout, as an idle HTTP/1.1 one does.
+fn proxy_app(
+    server: &Server,
+    state: &Arc<State>,
+    h2c: bool,
+) -> pingora::proxy::HttpProxy<proxy::Proxy> {
+    let mut app = pingora::proxy::http_proxy(
+        &server.configuration,
+        proxy::Proxy {
+            state: Arc::clone(state),
+        },
+    );
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2c = h2c;
+    options.h2_idle_timeout = Some(state.proxy_conns.limits().idle_timeout);
+    app.server_options = Some(options);
+    app
+}
+
 /// Run `roster lb` until SIGTERM (graceful) or SIGINT (fast). Blocks.
 pub fn run(config: Config) -> Result<(), Error> {
     // Each backend may hold a pooled check connection and proxied ones.
@@ -304,6 +333,12 @@ pub fn run(config: Config) -> Result<(), Error> {
     let control_listener = bind(config.lb.control_listen)?;
     // Fail fast when the proxy port is taken too (pingora would panic later).
     drop(bind(config.lb.listen)?);
+    let certs = if config.lb.tls.enabled() {
+        drop(bind(config.lb.tls.listen)?);
+        Some(tls::CertStore::load(&config.lb.tls.certs)?)
+    } else {
+        None
+    };
     let state = State::with_fd_limit(config, fd_limit)?;
     let lb = &state.config.lb;
     let threads = lb
@@ -325,29 +360,33 @@ pub fn run(config: Config) -> Result<(), Error> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let app = pingora::proxy::http_proxy(
-        &server.configuration,
-        proxy::Proxy {
-            state: Arc::clone(&state),
-        },
-    );
     let mut proxy = pingora::services::listening::Service::new(
         "proxy".into(),
         bounded::Bounded {
-            inner: Arc::new(app),
+            inner: Arc::new(proxy_app(&server, &state, false)),
+            h2c: lb.h2c.then(|| Arc::new(proxy_app(&server, &state, true))),
             table: Arc::clone(&state.proxy_conns),
         },
     );
     proxy.add_tcp(&lb.listen.to_string());
+    if let Some(certs) = &certs {
+        let settings = certs
+            .settings()
+            .map_err(|e| Error::Http(format!("TLS listener: {e}")))?;
+        proxy.add_tls_with_settings(&lb.tls.listen.to_string(), None, settings);
+    }
     let control = background_service(
         "control",
         Control {
             state: Arc::clone(&state),
             listener: Mutex::new(Some(control_listener)),
+            certs: certs.clone(),
         },
     );
     tracing::info!(
         proxy = %lb.listen,
+        tls = ?certs.as_ref().map(|_| lb.tls.listen),
+        h2c = lb.h2c,
         control = %lb.control_listen,
         algorithm = ?lb.algorithm,
         threads,

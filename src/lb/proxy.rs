@@ -12,7 +12,9 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use super::State;
+use super::grpc::{self, Verdict};
+use super::{State, peer};
+use crate::protocol::Protocol;
 use crate::registry::Upstream;
 use crate::telemetry::CodeClass;
 
@@ -61,6 +63,12 @@ pub struct Ctx {
     upstream_status: Option<u16>,
     /// How proxying ended, when it did not end well.
     failure: Option<Failure>,
+    /// The request is a gRPC call.
+    grpc: bool,
+    /// What the answer's `grpc-status` (head or trailers) says.
+    grpc_verdict: Option<Verdict>,
+    /// The request asks for an upgrade (WebSocket).
+    upgrade: bool,
 }
 
 /// Who broke a proxied exchange.
@@ -87,6 +95,9 @@ impl ProxyHttp for Proxy {
             no_backend: None,
             upstream_status: None,
             failure: None,
+            grpc: false,
+            grpc_verdict: None,
+            upgrade: false,
         }
     }
 
@@ -95,7 +106,15 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
-    async fn request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.grpc = grpc::is_grpc(session.req_header());
+        ctx.upgrade = session.is_upgrade_req();
+        if ctx.upgrade {
+            // A WebSocket lives long and may stay quiet: its own idle
+            // timeout instead of the body timeout (the upstream side is
+            // set on the peer).
+            session.set_read_timeout(Some(self.state.config.lb.websocket_idle_timeout));
+        }
         let req = session.req_header();
         let hosts = req.headers.get_all(http::header::HOST).iter().count();
         // RFC 9112 §3.2: an HTTP/1.1 request needs exactly one Host.
@@ -143,15 +162,20 @@ impl ProxyHttp for Proxy {
             self.state.metrics.retries.inc();
         }
         ctx.tried.push(addr);
-        ctx.upstream = Some(InFlight::new(upstream));
 
         let lb = &self.state.config.lb;
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(lb.connect_timeout);
-        peer.options.total_connection_timeout = Some(lb.connect_timeout);
-        peer.options.read_timeout = Some(lb.read_timeout);
-        peer.options.write_timeout = Some(lb.read_timeout);
-        peer.options.idle_timeout = Some(lb.idle_timeout);
+        let protocol = upstream.protocol.unwrap_or(lb.upstream_protocol);
+        ctx.upstream = Some(InFlight::new(upstream));
+        // An HTTP/1.1 upgrade can only be carried over HTTP/1.1.
+        let protocol = if ctx.upgrade {
+            Protocol::Http1
+        } else {
+            protocol
+        };
+        let mut peer = peer::build(addr, protocol, lb);
+        if ctx.upgrade {
+            peer::upgraded(&mut peer, lb);
+        }
         Ok(Box::new(peer))
     }
 
@@ -188,6 +212,25 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.upstream_status = Some(resp.status.as_u16());
+        if ctx.grpc {
+            // A trailers-only answer carries its status in the head.
+            ctx.grpc_verdict = grpc::status(&resp.headers).map(grpc::verdict);
+        }
+        Ok(())
+    }
+
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // Read only: the trailers reach the client unchanged.
+        if ctx.grpc
+            && let Some(code) = grpc::status(trailers)
+        {
+            ctx.grpc_verdict = Some(grpc::verdict(code));
+        }
         Ok(())
     }
 
@@ -226,9 +269,15 @@ impl ProxyHttp for Proxy {
         // A reset, timeout or broken answer, before or after the header.
         ctx.failure = Some(Failure::Upstream);
         self.record_failure(ctx, "reset", "resets or broken answers");
-        let idempotent = session.req_header().method.is_idempotent();
-        let replayable = idempotent && !session.as_ref().retry_buffer_truncated();
         let lb = &self.state.config.lb;
+        let req = session.req_header();
+        // gRPC calls are all POSTs: the config says which may be replayed.
+        let idempotent = if ctx.grpc {
+            grpc::replayable(req.uri.path(), &lb.grpc_idempotent_methods)
+        } else {
+            req.method.is_idempotent()
+        };
+        let replayable = idempotent && !session.as_ref().retry_buffer_truncated();
         if !replayable || ctx.upstream_status.is_some() || ctx.tried.len() > lb.retries {
             // The request may have had effects, or the client already has
             // part of an answer: never replay it.
@@ -281,6 +330,9 @@ impl ProxyHttp for Proxy {
             // Counted where it happened (error_while_proxy).
             (Some(_), _) => {}
             (None, Some(s)) if s >= 500 => self.record_failure(ctx, "5xx", "5xx answers"),
+            (None, Some(_)) if ctx.grpc_verdict == Some(Verdict::Failed) => {
+                self.record_failure(ctx, "grpc", "gRPC UNAVAILABLE/RESOURCE_EXHAUSTED answers")
+            }
             (None, Some(_)) => {
                 if let Some(u) = &ctx.upstream {
                     u.0.failures.store(0, Ordering::Relaxed);
