@@ -1049,7 +1049,10 @@ mod tests {
         assert_eq!(proto(&r), Some(Some(Protocol::H2c)));
         g.protocol = None;
         let (_, _, t) = r.register(policy().validate(&g).unwrap(), now).unwrap();
-        assert!(t.is_some(), "a changed protocol is a new upstream, checked afresh");
+        assert!(
+            t.is_some(),
+            "a changed protocol is a new upstream, checked afresh"
+        );
         assert_eq!(proto(&r), Some(None));
     }
 

@@ -21,6 +21,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::protocols::SocketDigest;
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::{
     ALPN, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream,
@@ -28,7 +29,6 @@ use pingora::protocols::{
 };
 use pingora::proxy::Session;
 use pingora::server::ShutdownWatch;
-use pingora::protocols::l4::stream::Stream as L4Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::limits::{ConnState, ConnTable, Tracked};
@@ -83,7 +83,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Bounded<A> {
         let tracked: Stream = Box::new(tracked);
         // pingora loops over keep-alive requests inside `process_new`, so
         // the slot lives as long as the connection.
-        h2c.unwrap_or(&self.inner).process_new(tracked, shutdown).await
+        h2c.unwrap_or(&self.inner)
+            .process_new(tracked, shutdown)
+            .await
     }
 
     async fn cleanup(&self) {

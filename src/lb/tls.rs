@@ -213,9 +213,7 @@ impl CertStore {
 
     /// pingora's rustls listener settings: this resolver, ALPN h2 then
     /// http/1.1.
-    pub fn settings(
-        self: &Arc<Self>,
-    ) -> pingora::Result<pingora::listeners::tls::TlsSettings> {
+    pub fn settings(self: &Arc<Self>) -> pingora::Result<pingora::listeners::tls::TlsSettings> {
         let mut s = pingora::listeners::tls::TlsSettings::intermediate("", "")?;
         s.set_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
         s.enable_h2();
@@ -288,8 +286,8 @@ fn certified(pair: &CertPair, raw: &Raw) -> Result<(Vec<String>, CertifiedKey), 
 /// DNS names of the leaf: its SANs, else its CN; lower case.
 fn names_of(leaf: &CertificateDer<'_>) -> Result<Vec<String>, String> {
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-    let (_, cert) = X509Certificate::from_der(leaf.as_ref())
-        .map_err(|e| format!("bad certificate: {e}"))?;
+    let (_, cert) =
+        X509Certificate::from_der(leaf.as_ref()).map_err(|e| format!("bad certificate: {e}"))?;
     let mut names: Vec<String> = match cert.subject_alternative_name() {
         Ok(Some(san)) => san
             .value
@@ -354,7 +352,11 @@ mod tests {
         assert_eq!(picked(&s, Some("B.TEST")), b_der, "names are case-blind");
         assert_eq!(picked(&s, Some("x.wild.test")), b_der);
         assert_eq!(picked(&s, Some("y.x.wild.test")), a_der, "one label only");
-        assert_eq!(picked(&s, Some("other.test")), a_der, "first is the default");
+        assert_eq!(
+            picked(&s, Some("other.test")),
+            a_der,
+            "first is the default"
+        );
         assert_eq!(picked(&s, None), a_der);
     }
 

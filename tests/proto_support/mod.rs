@@ -311,7 +311,10 @@ pub fn leaf(tls: &Tls) -> Vec<u8> {
 /// (via a rename, as a Secret volume update swaps files); its DER.
 pub fn write_cert(dir: &std::path::Path, stem: &str, name: &str) -> Vec<u8> {
     let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).expect("cert");
-    for (ext, pem) in [("crt", ck.cert.pem()), ("key", ck.signing_key.serialize_pem())] {
+    for (ext, pem) in [
+        ("crt", ck.cert.pem()),
+        ("key", ck.signing_key.serialize_pem()),
+    ] {
         let tmp = dir.join(format!(".{stem}.{ext}.tmp"));
         std::fs::write(&tmp, pem).expect("write");
         std::fs::rename(&tmp, dir.join(format!("{stem}.{ext}"))).expect("rename");
@@ -319,25 +322,36 @@ pub fn write_cert(dir: &std::path::Path, stem: &str, name: &str) -> Vec<u8> {
     ck.cert.der().to_vec()
 }
 
-/// A TLS 1.1 ClientHello (legacy version 0x0302, no supported_versions
-/// extension), as an old client sends it.
-pub fn tls11_client_hello() -> Vec<u8> {
-    let mut body = vec![0x03, 0x02];
+/// A ClientHello for TLS 1.`minor - 1` (legacy version 0x03`minor`, no
+/// supported_versions extension) that is otherwise acceptable (suites,
+/// groups, signature schemes a TLS 1.2 server takes): with 0x0302 (TLS
+/// 1.1) its version is the only fault.
+pub fn client_hello(minor: u8) -> Vec<u8> {
+    fn ext(id: u16, data: &[u8]) -> Vec<u8> {
+        let mut e = id.to_be_bytes().to_vec();
+        e.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        e.extend_from_slice(data);
+        e
+    }
+    let mut body = vec![0x03, minor];
     body.extend_from_slice(&[7u8; 32]); // random
     body.push(0); // no session id
-    // TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA, TLS_RSA_WITH_AES_128_CBC_SHA
-    body.extend_from_slice(&[0x00, 0x04, 0xc0, 0x13, 0x00, 0x2f]);
+    // ECDHE_ECDSA_AES128_GCM_SHA256, ECDHE_RSA_AES128_GCM_SHA256
+    body.extend_from_slice(&[0x00, 0x04, 0xc0, 0x2b, 0xc0, 0x2f]);
     body.extend_from_slice(&[0x01, 0x00]); // null compression
     let host = b"a.test";
-    let mut sni = vec![0x00, 0x00];
-    let list_len = host.len() + 3;
-    sni.extend_from_slice(&((list_len + 2) as u16).to_be_bytes());
-    sni.extend_from_slice(&(list_len as u16).to_be_bytes());
+    let mut sni = ((host.len() + 3) as u16).to_be_bytes().to_vec();
     sni.push(0);
     sni.extend_from_slice(&(host.len() as u16).to_be_bytes());
     sni.extend_from_slice(host);
-    body.extend_from_slice(&(sni.len() as u16).to_be_bytes());
-    body.extend_from_slice(&sni);
+    let mut exts = ext(0x0000, &sni);
+    // supported_groups: x25519, secp256r1
+    exts.extend(ext(0x000a, &[0x00, 0x04, 0x00, 0x1d, 0x00, 0x17]));
+    exts.extend(ext(0x000b, &[0x01, 0x00])); // ec_point_formats
+    // signature_algorithms: ecdsa_secp256r1_sha256, rsa_pss_rsae_sha256
+    exts.extend(ext(0x000d, &[0x00, 0x04, 0x04, 0x03, 0x08, 0x04]));
+    body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+    body.extend_from_slice(&exts);
     let mut hs = vec![0x01];
     hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
     hs.extend_from_slice(&body);
