@@ -14,6 +14,7 @@ pub mod proxy;
 pub mod select;
 pub mod tls;
 pub mod ui;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -207,6 +208,8 @@ struct Control {
     listener: Mutex<Option<std::net::TcpListener>>,
     /// The TLS listener's certificates, watched for changes.
     certs: Option<Arc<tls::CertStore>>,
+    /// Upgraded connections, ended just before the grace period does.
+    upgrades: Arc<upgrade::Upgrades>,
 }
 
 #[async_trait]
@@ -249,12 +252,26 @@ impl BackgroundService for Control {
             st.shutting_down.store(true, Ordering::Relaxed);
             tracing::info!("stopped accepting: draining in-flight requests");
             let grace = st.config.lb.grace_period;
-            let deadline = Instant::now() + grace;
+            let started = Instant::now();
+            let deadline = started + grace;
+            // pingora's grace period is in whole seconds; its runtimes stop
+            // right after, so upgraded connections are ended a little before.
+            let close_upgrades =
+                started + Duration::from_secs(grace.as_secs()).saturating_sub(UPGRADE_CLOSE_MARGIN);
+            let mut upgrades_closed = false;
             // pingora sleeps the whole grace period; end sooner once idle.
             while Instant::now() < deadline {
                 if st.active_requests.load(Ordering::Relaxed) == 0 {
                     tracing::info!("no request in flight: exiting");
                     std::process::exit(0);
+                }
+                if !upgrades_closed && Instant::now() >= close_upgrades {
+                    upgrades_closed = true;
+                    let n = self.upgrades.close_all();
+                    tracing::info!(
+                        connections = n,
+                        "grace period ending: closing upgraded connections (1001)"
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -266,6 +283,10 @@ impl BackgroundService for Control {
         }
     }
 }
+
+/// How long before the end of the grace period upgraded connections are
+/// closed, so their close frames go out before pingora stops its runtimes.
+const UPGRADE_CLOSE_MARGIN: Duration = Duration::from_millis(500);
 
 /// SIGTERM: `/readyz` goes 503 at once; after `lb.shutdown_delay` pingora
 /// stops accepting and drains. SIGINT: fast shutdown.
@@ -311,12 +332,14 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
 fn proxy_app(
     server: &Server,
     state: &Arc<State>,
+    upgrades: &Arc<upgrade::Upgrades>,
     h2c: bool,
 ) -> pingora::proxy::HttpProxy<proxy::Proxy> {
     let mut app = pingora::proxy::http_proxy(
         &server.configuration,
         proxy::Proxy {
             state: Arc::clone(state),
+            upgrades: Arc::clone(upgrades),
         },
     );
     let mut options = pingora::apps::HttpServerOptions::default();
@@ -360,11 +383,14 @@ pub fn run(config: Config) -> Result<(), Error> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
+    let upgrades = Arc::new(upgrade::Upgrades::default());
     let mut proxy = pingora::services::listening::Service::new(
         "proxy".into(),
         bounded::Bounded {
-            inner: Arc::new(proxy_app(&server, &state, false)),
-            h2c: lb.h2c.then(|| Arc::new(proxy_app(&server, &state, true))),
+            inner: Arc::new(proxy_app(&server, &state, &upgrades, false)),
+            h2c: lb
+                .h2c
+                .then(|| Arc::new(proxy_app(&server, &state, &upgrades, true))),
             table: Arc::clone(&state.proxy_conns),
         },
     );
@@ -381,6 +407,7 @@ pub fn run(config: Config) -> Result<(), Error> {
             state: Arc::clone(&state),
             listener: Mutex::new(Some(control_listener)),
             certs: certs.clone(),
+            upgrades: Arc::clone(&upgrades),
         },
     );
     tracing::info!(

@@ -13,6 +13,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use super::grpc::{self, Verdict};
+use super::upgrade::{Listed, Upgrades};
 use super::{State, peer};
 use crate::protocol::Protocol;
 use crate::registry::Upstream;
@@ -24,6 +25,8 @@ const MAX_ITERATIONS: usize = 256;
 /// The proxy service.
 pub struct Proxy {
     pub state: Arc<State>,
+    /// Upgraded connections, ended with a close frame at shutdown.
+    pub upgrades: Arc<Upgrades>,
 }
 
 /// Counts a request in flight to one backend for as long as it lives.
@@ -69,6 +72,8 @@ pub struct Ctx {
     grpc_verdict: Option<Verdict>,
     /// The request asks for an upgrade (WebSocket).
     upgrade: bool,
+    /// Its upstream socket, listed for shutdown.
+    _listed: Option<Listed>,
 }
 
 /// Who broke a proxied exchange.
@@ -98,6 +103,7 @@ impl ProxyHttp for Proxy {
             grpc: false,
             grpc_verdict: None,
             upgrade: false,
+            _listed: None,
         }
     }
 
@@ -217,6 +223,36 @@ impl ProxyHttp for Proxy {
             ctx.grpc_verdict = grpc::status(&resp.headers).map(grpc::verdict);
         }
         Ok(())
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if ctx.upgrade {
+            ctx._listed = Some(self.upgrades.list(fd));
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        // The backend side was shut down by the LB's shutdown: the client
+        // gets a WebSocket "going away" before the connection ends.
+        if end_of_stream && ctx.upgrade && session.was_upgraded() && self.upgrades.closing() {
+            self.upgrades.goodbye(body);
+        }
+        Ok(None)
     }
 
     fn upstream_response_trailer_filter(
