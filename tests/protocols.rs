@@ -160,6 +160,28 @@ async fn grpc_unavailable_counts_toward_ejection() {
     assert!(why.contains("gRPC"), "ejected after 3 UNAVAILABLE: {e}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_timeout_bounds_the_wait_on_the_backend() {
+    let args = ["--read-timeout", "60s", "--eject-after", "1"];
+    let (lb, _h2, _v) = lb_with_h2_backend("127.0.50.10", &args).await;
+    let mut c = GrpcClient::connect(lb.proxy).await;
+    c.deadline = Some("500m");
+    let started = Instant::now();
+    let r = c.unary("/grpc.Test/Slow", b"x", true).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(2500),
+        "cut at the deadline: {took:?}"
+    );
+    assert!(r.status >= 500, "the LB gave up: {r:?}");
+    // The client's deadline is not the backend's failure: no ejection, and
+    // without a deadline the LB waits (read_timeout is 60 s).
+    assert!(lb.entry("h2-1").await["ejected"].is_null());
+    c.deadline = None;
+    let r = c.unary("/grpc.Test/Slow", b"x", true).await;
+    assert_eq!(r.trailers.get("grpc-status").expect("status"), "0");
+}
+
 /// The agent's `--app-protocol` rides in its registrations: an h2c-only
 /// backend is reached although the LB's default is http1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

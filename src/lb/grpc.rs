@@ -4,6 +4,8 @@
 //! UNAVAILABLE or RESOURCE_EXHAUSTED, which must count against it the way
 //! a 503 does.
 
+use std::time::Duration;
+
 use http::HeaderMap;
 use pingora::http::RequestHeader;
 
@@ -46,6 +48,27 @@ pub fn verdict(code: u32) -> Verdict {
         UNAVAILABLE | RESOURCE_EXHAUSTED => Verdict::Failed,
         _ => Verdict::Served,
     }
+}
+
+/// The call's deadline from `grpc-timeout` (1-8 digits and a unit: H, M,
+/// S, m, u, n), or None when absent or malformed.
+pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    let unit = v.chars().last()?;
+    let digits = &v[..v.len() - unit.len_utf8()];
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        'H' => Duration::from_secs(n * 3600),
+        'M' => Duration::from_secs(n * 60),
+        'S' => Duration::from_secs(n),
+        'm' => Duration::from_millis(n),
+        'u' => Duration::from_micros(n),
+        'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// Whether a gRPC call may be replayed after it reached a backend: only
@@ -91,6 +114,26 @@ mod tests {
         }
         h.insert("grpc-status", "junk".parse().unwrap());
         assert_eq!(status(&h), None);
+    }
+
+    #[test]
+    fn grpc_timeout_parses_per_spec() {
+        let mut h = HeaderMap::new();
+        assert_eq!(timeout(&h), None);
+        for (v, want) in [
+            ("5S", Some(Duration::from_secs(5))),
+            ("250m", Some(Duration::from_millis(250))),
+            ("2M", Some(Duration::from_secs(120))),
+            ("1H", Some(Duration::from_secs(3600))),
+            ("100u", Some(Duration::from_micros(100))),
+            ("123456789S", None),
+            ("S", None),
+            ("5s", None),
+            ("-5S", None),
+        ] {
+            h.insert("grpc-timeout", v.parse().unwrap());
+            assert_eq!(timeout(&h), want, "{v}");
+        }
     }
 
     #[test]

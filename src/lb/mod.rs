@@ -326,6 +326,37 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
     Ok(l)
 }
 
+/// The proxy service: the plaintext listener (HTTP/1.1, and h2c when
+/// `lb.h2c`), and the TLS listener when certificates are configured.
+fn proxy_service(
+    server: &Server,
+    state: &Arc<State>,
+    certs: Option<&Arc<tls::CertStore>>,
+    upgrades: &Arc<upgrade::Upgrades>,
+) -> Result<pingora::services::listening::Service<ProxyApp>, Error> {
+    let lb = &state.config.lb;
+    let mut proxy = pingora::services::listening::Service::new(
+        "proxy".into(),
+        bounded::Bounded {
+            inner: Arc::new(proxy_app(server, state, upgrades, false)),
+            h2c: lb
+                .h2c
+                .then(|| Arc::new(proxy_app(server, state, upgrades, true))),
+            table: Arc::clone(&state.proxy_conns),
+        },
+    );
+    proxy.add_tcp(&lb.listen.to_string());
+    if let Some(certs) = certs {
+        let settings = certs
+            .settings()
+            .map_err(|e| Error::Http(format!("TLS listener: {e}")))?;
+        proxy.add_tls_with_settings(&lb.tls.listen.to_string(), None, settings);
+    }
+    Ok(proxy)
+}
+
+type ProxyApp = bounded::Bounded<pingora::proxy::HttpProxy<proxy::Proxy>>;
+
 /// The proxy as a pingora HTTP app; `h2c` turns on pingora's cleartext
 /// HTTP/2. An idle h2 connection closes after the proxy port's idle
 /// timeout, as an idle HTTP/1.1 one does.
@@ -384,23 +415,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let upgrades = Arc::new(upgrade::Upgrades::default());
-    let mut proxy = pingora::services::listening::Service::new(
-        "proxy".into(),
-        bounded::Bounded {
-            inner: Arc::new(proxy_app(&server, &state, &upgrades, false)),
-            h2c: lb
-                .h2c
-                .then(|| Arc::new(proxy_app(&server, &state, &upgrades, true))),
-            table: Arc::clone(&state.proxy_conns),
-        },
-    );
-    proxy.add_tcp(&lb.listen.to_string());
-    if let Some(certs) = &certs {
-        let settings = certs
-            .settings()
-            .map_err(|e| Error::Http(format!("TLS listener: {e}")))?;
-        proxy.add_tls_with_settings(&lb.tls.listen.to_string(), None, settings);
-    }
+    let proxy = proxy_service(&server, &state, certs.as_ref(), &upgrades)?;
     let control = background_service(
         "control",
         Control {

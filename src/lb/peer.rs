@@ -43,6 +43,14 @@ pub fn upgraded(peer: &mut HttpPeer, lb: &LbConfig) {
     peer.options.read_timeout = Some(lb.websocket_idle_timeout);
 }
 
+/// A gRPC call with a deadline (`grpc-timeout`): no wait on the backend
+/// outlasts it, and a long streaming call is not cut by `read_timeout`
+/// while its deadline has not passed.
+pub fn deadline(peer: &mut HttpPeer, deadline: Duration) {
+    peer.options.read_timeout = Some(deadline);
+    peer.options.write_timeout = Some(deadline);
+}
+
 /// pingora's ALPN for a protocol. Over cleartext pingora takes a minimum
 /// of h2 as prior knowledge (h2c), and a minimum of h1 as h1, so `auto`
 /// negotiates only where ALPN exists (TLS).
@@ -75,5 +83,7 @@ mod tests {
         let mut p = build(addr, Protocol::Http1, &lb);
         upgraded(&mut p, &lb);
         assert_eq!(p.options.read_timeout, Some(lb.websocket_idle_timeout));
+        deadline(&mut p, Duration::from_millis(1500));
+        assert_eq!(p.options.read_timeout, Some(Duration::from_millis(1500)));
     }
 }

@@ -70,6 +70,8 @@ pub struct Ctx {
     grpc: bool,
     /// What the answer's `grpc-status` (head or trailers) says.
     grpc_verdict: Option<Verdict>,
+    /// The call's `grpc-timeout` bounds the backend's timeouts.
+    grpc_deadline: bool,
     /// The request asks for an upgrade (WebSocket).
     upgrade: bool,
     /// Its upstream socket, listed for shutdown.
@@ -102,6 +104,7 @@ impl ProxyHttp for Proxy {
             failure: None,
             grpc: false,
             grpc_verdict: None,
+            grpc_deadline: false,
             upgrade: false,
             _listed: None,
         }
@@ -181,6 +184,12 @@ impl ProxyHttp for Proxy {
         let mut peer = peer::build(addr, protocol, lb);
         if ctx.upgrade {
             peer::upgraded(&mut peer, lb);
+        }
+        if ctx.grpc
+            && let Some(t) = grpc::timeout(&session.req_header().headers)
+        {
+            ctx.grpc_deadline = true;
+            peer::deadline(&mut peer, t);
         }
         Ok(Box::new(peer))
     }
@@ -304,7 +313,15 @@ impl ProxyHttp for Proxy {
         }
         // A reset, timeout or broken answer, before or after the header.
         ctx.failure = Some(Failure::Upstream);
-        self.record_failure(ctx, "reset", "resets or broken answers");
+        // A gRPC deadline the client chose ran out: not the backend's fault.
+        let deadline_passed = ctx.grpc_deadline
+            && matches!(
+                e.etype(),
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            );
+        if !deadline_passed {
+            self.record_failure(ctx, "reset", "resets or broken answers");
+        }
         let lb = &self.state.config.lb;
         let req = session.req_header();
         // gRPC calls are all POSTs: the config says which may be replayed.

@@ -45,7 +45,8 @@ pub fn frame(msg: &[u8]) -> Bytes {
 
 /// An HTTP/2-only backend (prior knowledge; HTTP/1.1 clients fail):
 /// `/grpc.Test/Unary` echoes, `/grpc.Test/Chat` echoes each message as
-/// it arrives, `/grpc.Test/Status/<n>` ends with `grpc-status: n`;
+/// it arrives, `/grpc.Test/Status/<n>` ends with `grpc-status: n`,
+/// `/grpc.Test/Slow` answers after 3 s;
 /// anything else answers `h2 <path>`.
 pub struct H2Backend {
     pub addr: SocketAddr,
@@ -96,6 +97,9 @@ async fn answer(
         let mut send = respond.send_response(resp, false)?;
         return send.send_data(Bytes::from(format!("h2 {path}")), true);
     };
+    if method == "Slow" {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
     let resp = Response::builder()
         .status(200)
         .header("content-type", "application/grpc")
@@ -123,6 +127,8 @@ async fn answer(
 /// A gRPC client on one HTTP/2 connection (prior knowledge or TLS).
 pub struct GrpcClient {
     send: h2::client::SendRequest<Bytes>,
+    /// Sent as `grpc-timeout` on each call when set.
+    pub deadline: Option<&'static str>,
 }
 
 /// What a call got back.
@@ -150,7 +156,10 @@ impl GrpcClient {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Self { send }
+        Self {
+            send,
+            deadline: None,
+        }
     }
 
     /// Open a call; the caller sends on the returned stream.
@@ -166,6 +175,9 @@ impl GrpcClient {
             b = b
                 .header("content-type", "application/grpc")
                 .header("te", "trailers");
+            if let Some(d) = self.deadline {
+                b = b.header("grpc-timeout", d);
+            }
         }
         let req = b.body(()).expect("request");
         let mut ready = self.send.clone().ready().await.expect("h2 ready");
