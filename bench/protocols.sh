@@ -71,14 +71,18 @@ timeout 60 "$FARM" register --lb "127.0.0.1:$P_CTL" --address "127.0.0.1:$P_APP"
   --metrics-port "$P_VITALS" >/dev/null
 timeout 60 "$FARM" wait-routable --lb "127.0.0.1:$P_CTL" --count 1 --timeout 30s >/dev/null
 
-# h2load's "finished in Xs, N req/s" line; wrk's "Requests/sec:".
+# Requests/s, and the answers that were not 2xx (or failed) beside it:
+# h2load's "finished in Xs, N req/s" and "status codes: N 2xx"; wrk's
+# "Requests/sec:" and "Non-2xx or 3xx responses:" / socket errors.
 h2rate() { timeout $((DURATION + 30)) h2load -D "$DURATION" -c "$CONNS" -m "$STREAMS" -t 1 "$@" 2>&1 |
-  awk '/^finished in/ {gsub(",", "", $4); print $4}'; }
+  awk '/^finished in/ {gsub(",", "", $4); r=$4} /^requests:/ {n=$2; ok=0}
+       /^status codes:/ {ok=$3} END {printf "%s | %d", r, n - ok}'; }
 wrkrate() { timeout $((DURATION + 30)) wrk -t 1 -c "$CONNS" -d "${DURATION}s" "$@" 2>&1 |
-  awk '/^Requests\/sec/ {print $2}'; }
+  awk '/^Requests\/sec/ {r=$2} /Non-2xx/ {bad+=$NF} /Socket errors/ {gsub(/[^0-9 ]/, ""); for (i = 1; i <= NF; i++) bad += $i}
+       END {printf "%s | %d", r, bad}'; }
 
-echo "| roster, 1 backend, $CONNS connections | requests/s |"
-echo "| --- | --- |"
+echo "| roster, 1 backend, $CONNS connections | requests/s | not 2xx / failed |"
+echo "| --- | --- | --- |"
 echo "| HTTP/1.1 plaintext (wrk) | $(wrkrate "http://127.0.0.1:$P_LB/") |"
 echo "| h2c prior knowledge, $STREAMS streams/conn (h2load) | $(h2rate "http://127.0.0.1:$P_LB/") |"
 echo "| TLS HTTP/1.1 (wrk) | $(wrkrate "https://127.0.0.1:$P_TLS/") |"
