@@ -45,19 +45,14 @@ async fn lb_with_h2_backend(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2c_prior_knowledge_reaches_h2c_and_http1_backends() {
+async fn h2c_and_http1_clients_share_the_plain_port() {
     let (lb, _h2, _v) = lb_with_h2_backend("127.0.50.1", &[]).await;
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .no_proxy()
-        .timeout(STEP)
-        .build()
-        .expect("client");
-    // h2c in, h2c out: the backend refuses anything but HTTP/2.
-    let r = h2.get(lb.proxy_url("/hello")).send().await.expect("h2c");
-    assert_eq!(r.version(), reqwest::Version::HTTP_2);
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.expect("body"), "h2 /hello");
+    // h2c in (the h2 crate, hyper's HTTP/2, with prior knowledge), h2c
+    // out: the backend refuses anything but HTTP/2.
+    let mut c = GrpcClient::connect(lb.proxy).await;
+    let r = c.unary("/hello", b"", false).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.messages.concat(), b"h2 /hello");
     // HTTP/1.1 on the same port still works (the preface tells them apart).
     let r = client().get(lb.proxy_url("/x")).send().await.expect("h1");
     assert_eq!(r.version(), reqwest::Version::HTTP_11);
