@@ -424,6 +424,7 @@ mod scheduler_tests {
             metrics_port: vitals.port(),
             weight: 1,
             service: None,
+            protocol: None,
         };
         let valid = h.registry.policy().validate(&reg).unwrap();
         // The registry announces the new entry; the loop checks it.

@@ -59,4 +59,6 @@ pub enum Error {
     Cert(#[from] inject::certs::CertError),
     #[error("webhook TLS bootstrap: {0}")]
     Bootstrap(#[from] inject::bootstrap::BootstrapError),
+    #[error("lb.tls: {0}")]
+    Tls(#[from] lb::tls::TlsError),
 }

@@ -24,6 +24,48 @@ pub struct Registration {
     /// `lb.default_service`. An id is unique within its service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// What the backend speaks on `address`; absent = the LB's
+    /// `lb.upstream_protocol`. Omitted when unset, so the seed's shape is
+    /// unchanged on the wire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+}
+
+/// The HTTP version the LB speaks to a backend.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum Protocol {
+    /// HTTP/1.1 (upgrades such as WebSocket pass through).
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge: gRPC backends.
+    H2c,
+    /// HTTP/2 when the backend offers it over TLS (ALPN), else HTTP/1.1;
+    /// on a plaintext backend, HTTP/1.1 (cleartext has no negotiation).
+    Auto,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::H2c => "h2c",
+            Self::Auto => "auto",
+        }
+    }
 }
 
 fn default_weight() -> u32 {

@@ -194,6 +194,8 @@ pub struct Settings {
     pub token_file: Option<PathBuf>,
     pub app_health: AppHealth,
     pub app_vitals: Option<String>,
+    /// Announced as the registration's `protocol`.
+    pub app_protocol: Option<crate::protocol::Protocol>,
     pub drain_period: Duration,
     /// The LBs' `health_check.interval`.
     pub lb_health_interval: Duration,
@@ -338,6 +340,7 @@ impl Settings {
             token_file: a.token_file.clone(),
             app_health,
             app_vitals,
+            app_protocol: a.app_protocol,
             drain_period: a.drain_period,
             lb_health_interval: c.health_check.interval,
             resources: a.resources,
@@ -462,6 +465,7 @@ impl Agent {
             metrics_port: metrics_addr.port(),
             weight: 1,
             service: s.service.clone(),
+            protocol: s.app_protocol,
         };
         let client = http_client(announce::request_timeout(s.announce_interval))?;
         let sources = probe::Sources::new(s.app_health.clone(), s.app_vitals.clone())?;

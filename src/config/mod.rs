@@ -377,6 +377,40 @@ pub struct LbConfig {
     /// Bounds on the control API's connections.
     #[command(flatten)]
     pub control_limits: ControlLimits,
+    /// Accept HTTP/2 with prior knowledge (h2c) on the plaintext `listen`
+    /// port, beside HTTP/1.1 (told apart by the h2 preface).
+    #[arg(id = "lb.h2c", required = false, value_name = "H2C", long = "h2c", env = "ROSTER_H2C", action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub h2c: bool,
+    /// TLS termination (a second listener, when certificates are given).
+    #[command(flatten)]
+    pub tls: crate::lb::tls::TlsConfig,
+    /// What backends speak unless their registration says otherwise.
+    #[arg(
+        id = "lb.upstream_protocol",
+        required = false,
+        value_name = "UPSTREAM_PROTOCOL",
+        long = "upstream-protocol",
+        env = "ROSTER_UPSTREAM_PROTOCOL"
+    )]
+    pub upstream_protocol: crate::protocol::Protocol,
+    /// An upgraded connection (WebSocket) is closed after this long with
+    /// no data from one side; `read_timeout` does not apply to it.
+    #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
+    #[arg(id = "lb.websocket_idle_timeout", required = false, value_name = "WEBSOCKET_IDLE_TIMEOUT", long = "websocket-idle-timeout", env = "ROSTER_WEBSOCKET_IDLE_TIMEOUT", value_parser = parse_duration)]
+    pub websocket_idle_timeout: Duration,
+    /// gRPC methods (`/pkg.Service/Method`) safe to replay on another
+    /// backend after a failure; other gRPC calls are retried only when
+    /// they never reached a backend.
+    #[arg(
+        id = "lb.grpc_idempotent_methods",
+        required = false,
+        value_name = "GRPC_IDEMPOTENT_METHODS",
+        long = "grpc-idempotent-methods",
+        env = "ROSTER_GRPC_IDEMPOTENT_METHODS",
+        value_delimiter = ','
+    )]
+    pub grpc_idempotent_methods: Vec<String>,
 }
 
 impl Default for LbConfig {
@@ -403,6 +437,11 @@ impl Default for LbConfig {
             default_service: "default".into(),
             proxy_limits: ProxyLimits::default(),
             control_limits: ControlLimits::default(),
+            h2c: true,
+            tls: crate::lb::tls::TlsConfig::default(),
+            upstream_protocol: crate::protocol::Protocol::Http1,
+            websocket_idle_timeout: Duration::from_secs(3600),
+            grpc_idempotent_methods: Vec::new(),
         }
     }
 }
@@ -605,6 +644,16 @@ pub struct AgentConfig {
     /// Bounds on the vitals port's connections.
     #[command(flatten)]
     pub vitals_limits: VitalsLimits,
+    /// What the app speaks (http1, h2c, auto), announced in every
+    /// registration; null = the LB's `lb.upstream_protocol`.
+    #[arg(
+        id = "agent.app_protocol",
+        required = false,
+        value_name = "APP_PROTOCOL",
+        long = "app-protocol",
+        env = "ROSTER_APP_PROTOCOL"
+    )]
+    pub app_protocol: Option<crate::protocol::Protocol>,
 }
 
 impl Default for AgentConfig {
@@ -620,6 +669,7 @@ impl Default for AgentConfig {
             drain_period: Duration::from_secs(10),
             resources: ResourceMode::Auto,
             vitals_limits: VitalsLimits::default(),
+            app_protocol: None,
         }
     }
 }
@@ -729,6 +779,23 @@ impl Config {
         services::validate(self)?;
         crate::limits::validate("lb.proxy_limits", &self.lb.proxy_limits.get())?;
         crate::limits::validate("lb.control_limits", &self.lb.control_limits.get())?;
+        if self.lb.websocket_idle_timeout.is_zero() {
+            return Err(invalid("lb.websocket_idle_timeout", "must be more than 0"));
+        }
+        if let Some(m) = self
+            .lb
+            .grpc_idempotent_methods
+            .iter()
+            .find(|m| !m.starts_with('/') || m.matches('/').count() != 2)
+        {
+            return Err(invalid(
+                "lb.grpc_idempotent_methods",
+                format!("{m:?}: expected /package.Service/Method"),
+            ));
+        }
+        if self.lb.tls.enabled() && self.lb.tls.reload_interval.is_zero() {
+            return Err(invalid("lb.tls.reload_interval", "must be more than 0"));
+        }
         Ok(())
     }
 }

@@ -100,6 +100,10 @@ pub struct ServiceConfig {
     /// Retries on other backends (default `lb.retries`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retries: Option<usize>,
+    /// What the service's backends speak unless their registration says
+    /// (default `lb.upstream_protocol`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<crate::protocol::Protocol>,
     /// Vitals check overrides.
     pub health_check: ServiceCheckConfig,
 }
@@ -130,6 +134,8 @@ pub struct ServiceSettings {
     pub algorithm: Algorithm,
     pub hash_header: String,
     pub retries: usize,
+    /// Upstream protocol of backends whose registration names none.
+    pub protocol: crate::protocol::Protocol,
 }
 
 impl Config {
@@ -142,6 +148,9 @@ impl Config {
                 .and_then(|o| o.hash_header.clone())
                 .unwrap_or_else(|| self.lb.hash_header.clone()),
             retries: o.and_then(|o| o.retries).unwrap_or(self.lb.retries),
+            protocol: o
+                .and_then(|o| o.protocol)
+                .unwrap_or(self.lb.upstream_protocol),
         }
     }
 

@@ -380,7 +380,7 @@ mod tests {
                 lease_ttl: std::time::Duration::from_secs(1),
                 default_service: "default".into(),
             };
-            let reg = Registration { id: id.clone(), address, metrics_port: port, weight, service: None };
+            let reg = Registration { id: id.clone(), address, metrics_port: port, weight, service: None, protocol: None };
             match policy.validate(&reg) {
                 Ok(v) => {
                     prop_assert!(!v.id.is_empty() && v.id.len() <= 253);

@@ -8,6 +8,12 @@
 //! connection cap; the proxy marks each request's start and end
 //! ([`head_done`], [`request_done`]) and sets pingora's own body read and
 //! write timeouts per request.
+//!
+//! HTTP/2 (h2c by prior knowledge, or ALPN `h2` under TLS) multiplexes
+//! requests on one connection, so the per-request phases do not apply:
+//! such a connection counts as busy for its life, and pingora's own h2
+//! idle timeout (`h2_idle_timeout`, set to the listener's idle timeout)
+//! closes it when no stream is open.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +21,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::protocols::SocketDigest;
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::{
     ALPN, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream,
@@ -22,13 +29,20 @@ use pingora::protocols::{
 };
 use pingora::proxy::Session;
 use pingora::server::ShutdownWatch;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::limits::{ConnState, ConnTable, Tracked};
 
+/// The client preface every HTTP/2 connection opens with (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// pingora's app `A` with the listener's bounds in front.
 pub struct Bounded<A> {
+    /// Serves HTTP/1.1, and HTTP/2 negotiated by ALPN.
     pub inner: Arc<A>,
+    /// The same app with pingora's `h2c` option, for plaintext connections
+    /// that open with the h2 preface; None when `lb.h2c` is off.
+    pub h2c: Option<Arc<A>>,
     pub table: Arc<ConnTable>,
 }
 
@@ -47,15 +61,64 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Bounded<A> {
             .await;
             return None;
         };
-        let tracked: Stream = Box::new(Tracked::new(session, slot, true));
+        let plaintext = session.get_ssl_digest().is_none();
+        let (session, h2c) = match &self.h2c {
+            Some(app) if plaintext => {
+                let limit = slot.state().limits().header_timeout;
+                match tokio::time::timeout(limit, sniff(session)).await {
+                    Ok(Ok((s, true))) => (s, Some(app)),
+                    Ok(Ok((s, false))) => (s, None),
+                    // Gone, or too slow to send even the first bytes.
+                    Ok(Err(_)) | Err(_) => return None,
+                }
+            }
+            _ => (session, None),
+        };
+        let h2 = h2c.is_some() || matches!(session.selected_alpn_proto(), Some(ALPN::H2));
+        // Raw bytes would corrupt a TLS stream: no 408 there.
+        let tracked = Tracked::new(session, slot, plaintext);
+        if h2 {
+            tracked.state().begin_request();
+        }
+        let tracked: Stream = Box::new(tracked);
         // pingora loops over keep-alive requests inside `process_new`, so
         // the slot lives as long as the connection.
-        self.inner.process_new(tracked, shutdown).await
+        h2c.unwrap_or(&self.inner)
+            .process_new(tracked, shutdown)
+            .await
     }
 
     async fn cleanup(&self) {
         self.inner.cleanup().await
     }
+}
+
+/// Whether a plaintext connection opens with the h2 preface. Reads only
+/// until the first byte that differs, so a short HTTP/1 request (an
+/// 18-byte HTTP/1.0 GET) is not held waiting for 24 bytes, as pingora's
+/// own peek would; what was read is put back for the server to read.
+async fn sniff(session: Stream) -> std::io::Result<(Stream, bool)> {
+    // Only pingora's TCP stream can put bytes back; others are never h2c.
+    if !session.as_any().is::<L4Stream>() {
+        return Ok((session, false));
+    }
+    let Ok(mut l4) = session.into_any().downcast::<L4Stream>() else {
+        return Err(std::io::Error::other("stream type changed"));
+    };
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut got = 0;
+    while got < buf.len() {
+        let n = l4.read(&mut buf[got..]).await?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+        if buf[..got] != H2_PREFACE[..got] {
+            break;
+        }
+    }
+    l4.rewind(&buf[..got]);
+    Ok((l4, buf[..got] == H2_PREFACE[..]))
 }
 
 fn conn(session: &Session) -> Option<&Arc<ConnState>> {

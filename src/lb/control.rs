@@ -15,6 +15,8 @@ use pingora::services::background::BackgroundService;
 
 use super::State;
 use super::routes::RouteTable;
+use super::tls::CertStore;
+use super::upgrade::Upgrades;
 use crate::config::Config;
 use crate::registry::Change;
 use crate::telemetry::BackendRequests;
@@ -26,17 +28,33 @@ pub(super) struct Control {
     /// Told when the drain is over, so `lb::run` returns before pingora's
     /// full grace period when nothing is in flight.
     done: Mutex<Sender<()>>,
+    /// The TLS listener's certificates, watched for changes.
+    certs: Option<Arc<CertStore>>,
+    /// Upgraded connections, ended just before the grace period does.
+    upgrades: Arc<Upgrades>,
 }
 
 impl Control {
-    pub fn new(state: Arc<State>, listener: std::net::TcpListener, done: Sender<()>) -> Self {
+    pub fn new(
+        state: Arc<State>,
+        listener: std::net::TcpListener,
+        done: Sender<()>,
+        certs: Option<Arc<CertStore>>,
+        upgrades: Arc<Upgrades>,
+    ) -> Self {
         Self {
             state,
             listener: Mutex::new(Some(listener)),
             done: Mutex::new(done),
+            certs,
+            upgrades,
         }
     }
 }
+
+/// How long before the end of the grace period upgraded connections are
+/// closed, so their close frames go out before pingora stops its runtimes.
+const UPGRADE_CLOSE_MARGIN: Duration = Duration::from_millis(500);
 
 #[async_trait]
 impl BackgroundService for Control {
@@ -48,6 +66,9 @@ impl BackgroundService for Control {
         tokio::spawn(Arc::clone(&st.health).run());
         if let Some(path) = st.config.source.clone() {
             tokio::spawn(Arc::clone(&st).watch_routes(path));
+        }
+        if let Some(certs) = &self.certs {
+            tokio::spawn(Arc::clone(certs).watch(st.config.lb.tls.reload_interval));
         }
         let Some(listener) = self.listener.lock().take() else {
             return;
@@ -76,7 +97,7 @@ impl BackgroundService for Control {
         // and stops with the runtime.
         let drain = async {
             let _ = shutdown.changed().await;
-            st.drain().await;
+            st.drain(&self.upgrades).await;
             let _ = self.done.lock().send(());
         };
         tokio::select! {
@@ -88,15 +109,32 @@ impl BackgroundService for Control {
 
 impl State {
     /// After pingora stopped accepting: wait for in-flight requests, at
-    /// most the grace period (pingora sleeps all of it; end sooner once idle).
-    async fn drain(&self) {
+    /// most the grace period (pingora sleeps all of it; end sooner once
+    /// idle). Upgraded connections (WebSocket) get a 1001 close just before
+    /// the grace period ends.
+    async fn drain(&self, upgrades: &Upgrades) {
         self.shutting_down.store(true, Ordering::Relaxed);
         tracing::info!("stopped accepting: draining in-flight requests");
-        let deadline = Instant::now() + self.config.lb.grace_period;
+        let grace = self.config.lb.grace_period;
+        let started = Instant::now();
+        let deadline = started + grace;
+        // pingora's grace period is in whole seconds; its runtimes stop
+        // right after, so upgraded connections are ended a little before.
+        let close_upgrades =
+            started + Duration::from_secs(grace.as_secs()).saturating_sub(UPGRADE_CLOSE_MARGIN);
+        let mut upgrades_closed = false;
         while Instant::now() < deadline {
             if self.active_requests.load(Ordering::Relaxed) == 0 {
                 tracing::info!("no request in flight: exiting");
                 return;
+            }
+            if !upgrades_closed && Instant::now() >= close_upgrades {
+                upgrades_closed = true;
+                let n = upgrades.close_all();
+                tracing::info!(
+                    connections = n,
+                    "grace period ending: closing upgraded connections (1001)"
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

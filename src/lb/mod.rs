@@ -11,12 +11,16 @@ pub mod auth;
 pub mod bounded;
 mod control;
 pub mod forwarded;
+pub mod grpc;
+pub mod peer;
 pub mod pools;
 pub mod proxy;
 pub mod ready;
 pub mod routes;
 pub mod select;
+pub mod tls;
 pub mod ui;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -192,6 +196,60 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
     Ok(l)
 }
 
+/// The proxy service: the plaintext listener (HTTP/1.1, and h2c when
+/// `lb.h2c`), and the TLS listener when certificates are configured.
+fn proxy_service(
+    server: &Server,
+    state: &Arc<State>,
+    certs: Option<&Arc<tls::CertStore>>,
+    upgrades: &Arc<upgrade::Upgrades>,
+) -> Result<pingora::services::listening::Service<ProxyApp>, Error> {
+    let lb = &state.config.lb;
+    let mut proxy = pingora::services::listening::Service::new(
+        "proxy".into(),
+        bounded::Bounded {
+            inner: Arc::new(proxy_app(server, state, upgrades, false)),
+            h2c: lb
+                .h2c
+                .then(|| Arc::new(proxy_app(server, state, upgrades, true))),
+            table: Arc::clone(&state.proxy_conns),
+        },
+    );
+    proxy.add_tcp(&lb.listen.to_string());
+    if let Some(certs) = certs {
+        let settings = certs
+            .settings()
+            .map_err(|e| Error::Http(format!("TLS listener: {e}")))?;
+        proxy.add_tls_with_settings(&lb.tls.listen.to_string(), None, settings);
+    }
+    Ok(proxy)
+}
+
+type ProxyApp = bounded::Bounded<pingora::proxy::HttpProxy<proxy::Proxy>>;
+
+/// The proxy as a pingora HTTP app; `h2c` turns on pingora's cleartext
+/// HTTP/2. An idle h2 connection closes after the proxy port's idle
+/// timeout, as an idle HTTP/1.1 one does.
+fn proxy_app(
+    server: &Server,
+    state: &Arc<State>,
+    upgrades: &Arc<upgrade::Upgrades>,
+    h2c: bool,
+) -> pingora::proxy::HttpProxy<proxy::Proxy> {
+    let mut app = pingora::proxy::http_proxy(
+        &server.configuration,
+        proxy::Proxy {
+            state: Arc::clone(state),
+            upgrades: Arc::clone(upgrades),
+        },
+    );
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2c = h2c;
+    options.h2_idle_timeout = Some(state.proxy_conns.limits().idle_timeout);
+    app.server_options = Some(options);
+    app
+}
+
 /// Run `roster lb` until SIGTERM (graceful) or SIGINT (fast). Blocks.
 pub fn run(config: Config) -> Result<(), Error> {
     // Each backend may hold a pooled check connection and proxied ones.
@@ -199,6 +257,12 @@ pub fn run(config: Config) -> Result<(), Error> {
     let control_listener = bind(config.lb.control_listen)?;
     // Fail fast when the proxy port is taken too (pingora would panic later).
     drop(bind(config.lb.listen)?);
+    let certs = if config.lb.tls.enabled() {
+        drop(bind(config.lb.tls.listen)?);
+        Some(tls::CertStore::load(&config.lb.tls.certs)?)
+    } else {
+        None
+    };
     let state = State::with_fd_limit(config, fd_limit)?;
     let lb = &state.config.lb;
     let threads = lb
@@ -220,30 +284,26 @@ pub fn run(config: Config) -> Result<(), Error> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let app = pingora::proxy::http_proxy(
-        &server.configuration,
-        proxy::Proxy {
-            state: Arc::clone(&state),
-        },
-    );
-    let mut proxy = pingora::services::listening::Service::new(
-        "proxy".into(),
-        bounded::Bounded {
-            inner: Arc::new(app),
-            table: Arc::clone(&state.proxy_conns),
-        },
-    );
-    proxy.add_tcp(&lb.listen.to_string());
+    let upgrades = Arc::new(upgrade::Upgrades::default());
+    let proxy = proxy_service(&server, &state, certs.as_ref(), &upgrades)?;
     // Either the control service says the drain is done (idle before the
     // grace period ends) or pingora's own shutdown finishes: whichever
     // comes first ends `run`, and with it the process.
     let (done, finished) = std::sync::mpsc::channel::<()>();
     let control = background_service(
         "control",
-        control::Control::new(Arc::clone(&state), control_listener, done.clone()),
+        control::Control::new(
+            Arc::clone(&state),
+            control_listener,
+            done.clone(),
+            certs.clone(),
+            Arc::clone(&upgrades),
+        ),
     );
     tracing::info!(
         proxy = %lb.listen,
+        tls = ?certs.as_ref().map(|_| lb.tls.listen),
+        h2c = lb.h2c,
         control = %lb.control_listen,
         algorithm = ?lb.algorithm,
         threads,

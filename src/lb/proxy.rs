@@ -12,9 +12,12 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use super::State;
+use super::grpc::{self, Verdict};
 use super::pools::Pool;
 use super::routes::host_of;
+use super::upgrade::{Listed, Upgrades};
+use super::{State, peer};
+use crate::protocol::Protocol;
 use crate::registry::Upstream;
 use crate::telemetry::CodeClass;
 
@@ -29,6 +32,8 @@ const MAX_ITERATIONS: usize = 256;
 /// The proxy service.
 pub struct Proxy {
     pub state: Arc<State>,
+    /// Upgraded connections, ended with a close frame at shutdown.
+    pub upgrades: Arc<Upgrades>,
 }
 
 /// Counts a request in flight to one backend for as long as it lives.
@@ -70,6 +75,16 @@ pub struct Ctx {
     upstream_status: Option<u16>,
     /// How proxying ended, when it did not end well.
     failure: Option<Failure>,
+    /// The request is a gRPC call.
+    grpc: bool,
+    /// What the answer's `grpc-status` (head or trailers) says.
+    grpc_verdict: Option<Verdict>,
+    /// The call's `grpc-timeout` bounds the backend's timeouts.
+    grpc_deadline: bool,
+    /// The request asks for an upgrade (WebSocket).
+    upgrade: bool,
+    /// Its upstream socket, listed for shutdown.
+    _listed: Option<Listed>,
 }
 
 /// Who broke a proxied exchange.
@@ -97,6 +112,11 @@ impl ProxyHttp for Proxy {
             no_backend: None,
             upstream_status: None,
             failure: None,
+            grpc: false,
+            grpc_verdict: None,
+            grpc_deadline: false,
+            upgrade: false,
+            _listed: None,
         }
     }
 
@@ -106,6 +126,14 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.grpc = grpc::is_grpc(session.req_header());
+        ctx.upgrade = session.is_upgrade_req();
+        if ctx.upgrade {
+            // A WebSocket lives long and may stay quiet: its own idle
+            // timeout instead of the body timeout (the upstream side is
+            // set on the peer).
+            session.set_read_timeout(Some(self.state.config.lb.websocket_idle_timeout));
+        }
         let req = session.req_header();
         let hosts = req.headers.get_all(http::header::HOST).iter().count();
         // RFC 9112 §3.2: an HTTP/1.1 request needs exactly one Host.
@@ -174,15 +202,27 @@ impl ProxyHttp for Proxy {
             self.state.metrics.retries.inc();
         }
         ctx.tried.push(addr);
-        ctx.upstream = Some(InFlight::new(upstream));
 
         let lb = &self.state.config.lb;
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(lb.connect_timeout);
-        peer.options.total_connection_timeout = Some(lb.connect_timeout);
-        peer.options.read_timeout = Some(lb.read_timeout);
-        peer.options.write_timeout = Some(lb.read_timeout);
-        peer.options.idle_timeout = Some(lb.idle_timeout);
+        // The backend's own word, else its service's, else the LB's.
+        let protocol = upstream.protocol.unwrap_or(pool.settings.protocol);
+        ctx.upstream = Some(InFlight::new(upstream));
+        // An HTTP/1.1 upgrade can only be carried over HTTP/1.1.
+        let protocol = if ctx.upgrade {
+            Protocol::Http1
+        } else {
+            protocol
+        };
+        let mut peer = peer::build(addr, protocol, lb);
+        if ctx.upgrade {
+            peer::upgraded(&mut peer, lb);
+        }
+        if ctx.grpc
+            && let Some(t) = grpc::timeout(&session.req_header().headers)
+        {
+            ctx.grpc_deadline = true;
+            peer::deadline(&mut peer, t);
+        }
         Ok(Box::new(peer))
     }
 
@@ -208,6 +248,55 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.upstream_status = Some(resp.status.as_u16());
+        if ctx.grpc {
+            // A trailers-only answer carries its status in the head.
+            ctx.grpc_verdict = grpc::status(&resp.headers).map(grpc::verdict);
+        }
+        Ok(())
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if ctx.upgrade {
+            ctx._listed = Some(self.upgrades.list(fd));
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        // The backend side was shut down by the LB's shutdown: the client
+        // gets a WebSocket "going away" before the connection ends.
+        if end_of_stream && ctx.upgrade && session.was_upgraded() && self.upgrades.closing() {
+            self.upgrades.goodbye(body);
+        }
+        Ok(None)
+    }
+
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // Read only: the trailers reach the client unchanged.
+        if ctx.grpc
+            && let Some(code) = grpc::status(trailers)
+        {
+            ctx.grpc_verdict = Some(grpc::verdict(code));
+        }
         Ok(())
     }
 
@@ -245,10 +334,24 @@ impl ProxyHttp for Proxy {
         }
         // A reset, timeout or broken answer, before or after the header.
         ctx.failure = Some(Failure::Upstream);
-        self.record_failure(ctx, "reset", "resets or broken answers");
-        let idempotent = session.req_header().method.is_idempotent();
-        let replayable = idempotent && !session.as_ref().retry_buffer_truncated();
+        // A gRPC deadline the client chose ran out: not the backend's fault.
+        let deadline_passed = ctx.grpc_deadline
+            && matches!(
+                e.etype(),
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            );
+        if !deadline_passed {
+            self.record_failure(ctx, "reset", "resets or broken answers");
+        }
         let lb = &self.state.config.lb;
+        let req = session.req_header();
+        // gRPC calls are all POSTs: the config says which may be replayed.
+        let idempotent = if ctx.grpc {
+            grpc::replayable(req.uri.path(), &lb.grpc_idempotent_methods)
+        } else {
+            req.method.is_idempotent()
+        };
+        let replayable = idempotent && !session.as_ref().retry_buffer_truncated();
         if !replayable || ctx.upstream_status.is_some() || ctx.tried.len() > retries(ctx) {
             // The request may have had effects, or the client already has
             // part of an answer: never replay it.
@@ -301,6 +404,9 @@ impl ProxyHttp for Proxy {
             // Counted where it happened (error_while_proxy).
             (Some(_), _) => {}
             (None, Some(s)) if s >= 500 => self.record_failure(ctx, "5xx", "5xx answers"),
+            (None, Some(_)) if ctx.grpc_verdict == Some(Verdict::Failed) => {
+                self.record_failure(ctx, "grpc", "gRPC UNAVAILABLE/RESOURCE_EXHAUSTED answers")
+            }
             (None, Some(_)) => {
                 if let Some(u) = &ctx.upstream {
                     u.0.failures.store(0, Ordering::Relaxed);

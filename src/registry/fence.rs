@@ -80,6 +80,8 @@ pub struct Valid {
     pub addr: SocketAddr,
     pub metrics_port: u16,
     pub weight: u32,
+    /// The registration's `protocol`, carried to [`super::Upstream::protocol`].
+    pub protocol: Option<crate::protocol::Protocol>,
 }
 
 /// What registration accepts: the address fence and the size cap.
@@ -180,6 +182,7 @@ impl Policy {
             addr: SocketAddr::new(ip, addr.port()),
             metrics_port: reg.metrics_port,
             weight: reg.weight,
+            protocol: reg.protocol,
         })
     }
 

@@ -189,6 +189,7 @@ impl Registry {
         if let Some(e) = table.get_mut(&v.service, &v.id)
             && e.addr == v.addr
             && e.metrics_port == v.metrics_port
+            && e.upstream.protocol == v.protocol
         {
             e.lease_expires = lease_expires;
             let reweighed = e.weight != v.weight && e.routable();
@@ -262,7 +263,7 @@ impl Registry {
             ejections: 0,
             last_ejected: None,
             draining_since: None,
-            upstream: Arc::new(Upstream::new(&v.service, &v.id, v.addr)),
+            upstream: Arc::new(Upstream::new(&v.service, &v.id, v.addr).with_protocol(v.protocol)),
         }
     }
 

@@ -18,6 +18,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// Address as a metric label, formatted once.
     pub label: String,
+    /// What the backend registered as speaking; None = its service's.
+    pub protocol: Option<crate::protocol::Protocol>,
     /// Requests this LB has in flight to the backend.
     pub in_flight: AtomicU64,
     /// Load the backend reported in its vitals (requests + backoff).
@@ -42,6 +44,7 @@ impl Upstream {
             service: Arc::clone(service),
             addr,
             label: addr.to_string(),
+            protocol: None,
             in_flight: AtomicU64::new(0),
             reported_load: AtomicU64::new(0),
             gpu_usage: AtomicU32::new(0),
@@ -49,6 +52,12 @@ impl Upstream {
             requests: Default::default(),
             withdrawn: AtomicBool::new(false),
         }
+    }
+
+    /// The backend's registered protocol.
+    pub fn with_protocol(mut self, protocol: Option<crate::protocol::Protocol>) -> Self {
+        self.protocol = protocol;
+        self
     }
 
     /// Still in the registry and not withdrawn since the last publication.

@@ -29,6 +29,7 @@ fn reg(id: &str, address: &str) -> Registration {
         metrics_port: 9090,
         weight: 1,
         service: None,
+        protocol: None,
     }
 }
 
@@ -182,6 +183,30 @@ fn register_renew_replace_and_cap() {
     f.r.deregister("default", "b", now);
     f.register(v("c", "10.0.0.9:80"), now).unwrap();
     assert!(f.r.view(None, now).backends.iter().all(|e| e.id != "a"));
+}
+
+#[test]
+fn protocol_rides_to_the_upstream() {
+    use crate::protocol::Protocol;
+    let mut f = registry();
+    let now = Instant::now();
+    let mut g = reg("a", "10.0.0.1:80");
+    g.protocol = Some(Protocol::H2c);
+    f.register(policy().validate(&g).unwrap(), now).unwrap();
+    let proto = |f: &Fixture| {
+        f.r.table
+            .read()
+            .get("default", "a")
+            .map(|e| e.upstream.protocol)
+    };
+    assert_eq!(proto(&f), Some(Some(Protocol::H2c)));
+    g.protocol = None;
+    let (_, t) = f.register(policy().validate(&g).unwrap(), now).unwrap();
+    assert!(
+        t.is_some(),
+        "a changed protocol is a new upstream, checked afresh"
+    );
+    assert_eq!(proto(&f), Some(None));
 }
 
 #[test]
