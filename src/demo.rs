@@ -364,9 +364,7 @@ pub async fn run(_args: DemoArgs) -> Result<(), DemoError> {
 }
 
 async fn run_children(kids: &mut Vec<Kid>) -> Result<(), DemoError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let mut stop = Stop::new()?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .no_proxy()
@@ -374,7 +372,62 @@ async fn run_children(kids: &mut Vec<Kid>) -> Result<(), DemoError> {
         .map_err(std::io::Error::other)?;
     let control = format!("http://{DEMO_CONTROL}");
 
-    kids.push(Kid::spawn(
+    kids.push(spawn_lb()?);
+    let healthz = format!("{control}/healthz");
+    let ready = || async { client.get(&healthz).send().await.is_ok() };
+    tokio::select! {
+        r = wait_until(kids, Duration::from_secs(20), "the LB", ready) => r?,
+        _ = stop.recv() => return Ok(()),
+    }
+
+    let mut ids = spawn_backends(kids)?;
+    let backends = format!("{control}/backends");
+    let all_in = || async {
+        match client.get(&backends).send().await {
+            Ok(r) => r
+                .json::<Vec<String>>()
+                .await
+                .is_ok_and(|v| v.len() == DEMO_BACKEND_IPS.len()),
+            Err(_) => false,
+        }
+    };
+    tokio::select! {
+        r = wait_until(kids, Duration::from_secs(30), "3 backends in /backends", all_in) => r?,
+        _ = stop.recv() => return Ok(()),
+    }
+
+    println!("{}", instructions(kids));
+    supervise(kids, &mut ids, &mut stop).await
+}
+
+/// SIGTERM and SIGINT, either one stops the demo.
+struct Stop {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    /// Listen for both signals (before any child starts, so none is missed).
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Return on the next SIGTERM or SIGINT.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+/// Start the demo LB on [`DEMO_PROXY`] and [`DEMO_CONTROL`].
+fn spawn_lb() -> Result<Kid, DemoError> {
+    Kid::spawn(
         "lb",
         &s(&[
             "lb",
@@ -395,15 +448,11 @@ async fn run_children(kids: &mut Vec<Kid>) -> Result<(), DemoError> {
             "--grace-period",
             "5s",
         ]),
-    )?);
-    let healthz = format!("{control}/healthz");
-    let ready = || async { client.get(&healthz).send().await.is_ok() };
-    tokio::select! {
-        r = wait_until(kids, Duration::from_secs(20), "the LB", ready) => r?,
-        _ = term.recv() => return Ok(()),
-        _ = int.recv() => return Ok(()),
-    }
+    )
+}
 
+/// Start one demo backend per [`DEMO_BACKEND_IPS`]; returns id → app address.
+fn spawn_backends(kids: &mut Vec<Kid>) -> Result<HashMap<String, String>, DemoError> {
     let mut ids = HashMap::new();
     for (n, ip) in DEMO_BACKEND_IPS.iter().enumerate() {
         let id = format!("demo-{}", n + 1);
@@ -433,22 +482,11 @@ async fn run_children(kids: &mut Vec<Kid>) -> Result<(), DemoError> {
         )?);
         ids.insert(id, listen);
     }
-    let backends = format!("{control}/backends");
-    let all_in = || async {
-        match client.get(&backends).send().await {
-            Ok(r) => r
-                .json::<Vec<String>>()
-                .await
-                .is_ok_and(|v| v.len() == DEMO_BACKEND_IPS.len()),
-            Err(_) => false,
-        }
-    };
-    tokio::select! {
-        r = wait_until(kids, Duration::from_secs(30), "3 backends in /backends", all_in) => r?,
-        _ = term.recv() => return Ok(()),
-        _ = int.recv() => return Ok(()),
-    }
+    Ok(ids)
+}
 
+/// What to try once the demo is up, with the backends' pids.
+fn instructions(kids: &[Kid]) -> String {
     let pids: Vec<String> = kids
         .iter()
         .skip(1)
@@ -506,11 +544,18 @@ async fn run_children(kids: &mut Vec<Kid>) -> Result<(), DemoError> {
         "",
         pids.join(", ")
     ));
-    println!("{text}");
+    text
+}
+
+/// Run until a signal; fail if the LB exits, report each backend's exit once.
+async fn supervise(
+    kids: &mut [Kid],
+    ids: &mut HashMap<String, String>,
+    stop: &mut Stop,
+) -> Result<(), DemoError> {
     loop {
         tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
+            _ = stop.recv() => return Ok(()),
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
         // A backend drained by hand may go; the LB may not.
@@ -531,64 +576,4 @@ async fn run_children(kids: &mut Vec<Kid>) -> Result<(), DemoError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-    use tower::ServiceExt;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        b: DemoBackendArgs,
-    }
-
-    #[test]
-    fn demo_backend_announces_its_listen_address() {
-        let cli = Cli::try_parse_from(["x", "--listen", "127.0.0.9:3001", "--id", "d"]).unwrap();
-        let c = cli.b.resolve().unwrap();
-        assert_eq!(c.agent.address.as_deref(), Some("127.0.0.9:3001"));
-        assert_eq!(c.agent.metrics_listen, "127.0.0.9");
-        let cli = Cli::try_parse_from([
-            "x",
-            "--listen",
-            "0.0.0.0:3001",
-            "--address",
-            "10.1.2.3:3001",
-            "--metrics-listen",
-            "0.0.0.0",
-        ])
-        .unwrap();
-        let c = cli.b.resolve().unwrap();
-        assert_eq!(c.agent.address.as_deref(), Some("10.1.2.3:3001"));
-        assert_eq!(c.agent.metrics_listen, "0.0.0.0");
-    }
-
-    #[tokio::test]
-    async fn demo_routes() {
-        let app = backend_router("demo-1", "127.0.0.2:3000".parse().unwrap());
-        let body = |r: Response| async move {
-            let b = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
-            serde_json::from_slice::<serde_json::Value>(&b).unwrap()
-        };
-        let get = |p: &str| Request::get(p).body(axum::body::Body::empty()).unwrap();
-        let r = app.clone().oneshot(get("/hello")).await.unwrap();
-        assert_eq!(r.status(), 200);
-        let v = body(r).await;
-        assert_eq!(
-            (v["id"].as_str(), v["path"].as_str()),
-            (Some("demo-1"), Some("/hello"))
-        );
-        let r = app.clone().oneshot(get("/fail")).await.unwrap();
-        assert_eq!(r.status(), 500);
-        let r = app.oneshot(get("/slow?ms=10")).await.unwrap();
-        assert_eq!(body(r).await["slept_ms"], 10);
-    }
-
-    #[test]
-    fn demo_addresses_are_fixed() {
-        let a = demo_addresses();
-        assert_eq!(a.len(), 8);
-        assert!(a.contains(&"127.0.0.1:8000".parse().unwrap()));
-        assert!(a.contains(&"127.0.0.4:9090".parse().unwrap()));
-    }
-}
+mod tests;

@@ -22,7 +22,7 @@ use axum::extract::ConnectInfo;
 use axum::http::{Request, Response, StatusCode, header};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
@@ -86,37 +86,7 @@ pub async fn serve<T: Clone + Send + Sync + 'static>(
             state,
             max_body: l.max_body,
         };
-        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let mut req = req;
-            req.extensions_mut().insert(ConnectInfo(info.clone()));
-            svc.call(req)
-        });
-        let watcher = graceful.watcher();
-        let tls = l.tls.clone();
-        tokio::spawn(async move {
-            let builder = hyper::server::conn::http1::Builder::new();
-            let result = match tls {
-                None => {
-                    watcher
-                        .watch(builder.serve_connection(TokioIo::new(io), svc))
-                        .await
-                }
-                Some(acceptor) => match acceptor.accept(io).await {
-                    Ok(s) => {
-                        watcher
-                            .watch(builder.serve_connection(TokioIo::new(s), svc))
-                            .await
-                    }
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                },
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection closed with an error");
-            }
-        });
+        spawn_connection(io, svc, info, l.tls.clone(), graceful.watcher(), peer);
     }
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
@@ -127,6 +97,47 @@ pub async fn serve<T: Clone + Send + Sync + 'static>(
             "connections still open after the grace period"
         );
     }
+}
+
+/// Serve one admitted connection on its own task: the TLS handshake if
+/// any, then HTTP/1 until it closes or the graceful shutdown ends it.
+fn spawn_connection<T: Clone + Send + Sync + 'static>(
+    io: Tracked<TcpStream>,
+    svc: ConnService,
+    info: T,
+    tls: Option<TlsAcceptor>,
+    watcher: Watcher,
+    peer: SocketAddr,
+) {
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let mut req = req;
+        req.extensions_mut().insert(ConnectInfo(info.clone()));
+        svc.call(req)
+    });
+    tokio::spawn(async move {
+        let builder = hyper::server::conn::http1::Builder::new();
+        let result = match tls {
+            None => {
+                watcher
+                    .watch(builder.serve_connection(TokioIo::new(io), svc))
+                    .await
+            }
+            Some(acceptor) => match acceptor.accept(io).await {
+                Ok(s) => {
+                    watcher
+                        .watch(builder.serve_connection(TokioIo::new(s), svc))
+                        .await
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            },
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection closed with an error");
+        }
+    });
 }
 
 /// One connection's view of the router: marks the request's start and end

@@ -114,6 +114,35 @@ pub(crate) struct AgentMetrics {
     render: Mutex<()>,
 }
 
+/// `roster_build_info{version, app_version}`, always 1.
+fn build_info(version: &str) -> IntGaugeVec {
+    let build = IntGaugeVec::new(
+        Opts::new("roster_build_info", "roster version, always 1"),
+        &["version", "app_version"],
+    )
+    .expect("metric");
+    build
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), version])
+        .set(1);
+    build
+}
+
+/// `roster_agent_announces_total{result}`, every result present from the start.
+fn announces_total() -> IntCounterVec {
+    let announces = IntCounterVec::new(
+        Opts::new(
+            "roster_agent_announces_total",
+            "POST /register attempts by result (ok, error, throttled)",
+        ),
+        &["result"],
+    )
+    .expect("metric");
+    for r in ["ok", "error", "throttled"] {
+        announces.with_label_values(&[r]);
+    }
+    announces
+}
+
 impl AgentMetrics {
     pub fn new(version: &str) -> Self {
         let registry = Registry::new();
@@ -138,25 +167,8 @@ impl AgentMetrics {
             "Requests waiting in backoff before a retry",
         );
         let uptime = gauge("uptime_seconds", "Seconds since the agent started");
-        let build = IntGaugeVec::new(
-            Opts::new("roster_build_info", "roster version, always 1"),
-            &["version", "app_version"],
-        )
-        .expect("metric");
-        build
-            .with_label_values(&[env!("CARGO_PKG_VERSION"), version])
-            .set(1);
-        let announces = IntCounterVec::new(
-            Opts::new(
-                "roster_agent_announces_total",
-                "POST /register attempts by result (ok, error, throttled)",
-            ),
-            &["result"],
-        )
-        .expect("metric");
-        for r in ["ok", "error", "throttled"] {
-            announces.with_label_values(&[r]);
-        }
+        let build = build_info(version);
+        let announces = announces_total();
         for c in [
             Box::new(node_ready.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(requests_in_progress.clone()),

@@ -202,12 +202,7 @@ pub fn inject_with(pod: &Pod, cfg: &InjectConfig, opt_in: OptIn) -> Result<Injec
         return Ok(Injection::Skipped(reason));
     }
     let spec = pod.spec.clone().unwrap_or_default();
-    let has_agent = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .any(|c| c.name == AGENT_CONTAINER);
-    if has_agent {
+    if has_agent(&spec) {
         return Ok(Injection::Skipped("already injected"));
     }
 
@@ -250,17 +245,7 @@ pub fn inject_with(pod: &Pod, cfg: &InjectConfig, opt_in: OptIn) -> Result<Injec
         health.as_deref(),
         &identity,
     ))?;
-    if cfg.native_sidecar {
-        if spec.init_containers.is_none() {
-            ops.push(add(&["spec", "initContainers"], json!([agent])));
-        } else {
-            // After the pod's own init containers: they may need the network
-            // but never roster, and the agent must be up before the app.
-            ops.push(add(&["spec", "initContainers", "-"], agent));
-        }
-    } else {
-        ops.push(add(&["spec", "containers", "-"], agent));
-    }
+    ops.push(agent_op(&spec, cfg.native_sidecar, agent));
 
     // Enough grace for the drain and the app's own shutdown.
     let needed = drain_secs + APP_STOP_SECONDS;
@@ -271,6 +256,33 @@ pub fn inject_with(pod: &Pod, cfg: &InjectConfig, opt_in: OptIn) -> Result<Injec
         ));
     }
     Ok(Injection::Patched(Patch(ops)))
+}
+
+/// Whether the pod already runs a `roster-agent` container (plain or init).
+fn has_agent(spec: &k8s_openapi::api::core::v1::PodSpec) -> bool {
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| c.name == AGENT_CONTAINER)
+}
+
+/// Add the agent as a native sidecar (an init container) or a plain container.
+fn agent_op(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    native_sidecar: bool,
+    agent: Value,
+) -> PatchOperation {
+    if native_sidecar {
+        if spec.init_containers.is_none() {
+            add(&["spec", "initContainers"], json!([agent]))
+        } else {
+            // After the pod's own init containers: they may need the network
+            // but never roster, and the agent must be up before the app.
+            add(&["spec", "initContainers", "-"], agent)
+        }
+    } else {
+        add(&["spec", "containers", "-"], agent)
+    }
 }
 
 /// Why the pod is left alone, or None when the webhook `opt_in` names

@@ -23,8 +23,10 @@ use std::time::{Duration, Instant, SystemTime};
 use axum::http::{HeaderMap, StatusCode, header};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::authentication::v1::{
+    TokenReview, TokenReviewSpec, TokenReviewStatus, UserInfo,
+};
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use kube::api::{Api, PostParams};
 use parking_lot::Mutex;
 use subtle::ConstantTimeEq;
@@ -213,25 +215,7 @@ impl KubeAuth {
             .create(&PostParams::default(), &review)
             .await
             .map_err(|e| Verdict::Unavailable(format!("TokenReview failed: {e}")))?;
-        let status = answer.status.unwrap_or_default();
-        if status.authenticated != Some(true) {
-            return Err(Verdict::Denied(format!(
-                "token rejected by the Kubernetes API{}",
-                status.error.map(|e| format!(": {e}")).unwrap_or_default()
-            )));
-        }
-        if !status
-            .audiences
-            .unwrap_or_default()
-            .iter()
-            .any(|a| a == &self.audience)
-        {
-            return Err(Verdict::Denied(format!(
-                "token is not for audience {:?}",
-                self.audience
-            )));
-        }
-        let user = status.user.unwrap_or_default();
+        let user = self.authenticated(answer.status.unwrap_or_default())?;
         let extra = user.extra.unwrap_or_default();
         let claim = |k: &str| extra.get(k).and_then(|v| v.first()).cloned();
         let namespace = user
@@ -256,24 +240,50 @@ impl KubeAuth {
                 "pod {namespace}/{pod_name} was replaced (uid differs)"
             )));
         }
-        let status = pod.status.unwrap_or_default();
-        let mut ips: Vec<IpAddr> = status
-            .pod_ips
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|p| p.ip.parse().ok())
-            .collect();
-        if let Some(ip) = status.pod_ip.and_then(|ip| ip.parse().ok())
-            && !ips.contains(&ip)
-        {
-            ips.push(ip);
-        }
         Ok(PodIdentity {
             namespace,
             pod: pod_name,
-            ips,
+            ips: pod_ips(pod.status.unwrap_or_default()),
         })
     }
+
+    /// The reviewed user, once the API authenticated the token for our audience.
+    fn authenticated(&self, status: TokenReviewStatus) -> Result<UserInfo, Verdict> {
+        if status.authenticated != Some(true) {
+            return Err(Verdict::Denied(format!(
+                "token rejected by the Kubernetes API{}",
+                status.error.map(|e| format!(": {e}")).unwrap_or_default()
+            )));
+        }
+        if !status
+            .audiences
+            .unwrap_or_default()
+            .iter()
+            .any(|a| a == &self.audience)
+        {
+            return Err(Verdict::Denied(format!(
+                "token is not for audience {:?}",
+                self.audience
+            )));
+        }
+        Ok(status.user.unwrap_or_default())
+    }
+}
+
+/// Every IP of the pod: `podIPs`, plus `podIP` when it is not among them.
+fn pod_ips(status: PodStatus) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = status
+        .pod_ips
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| p.ip.parse().ok())
+        .collect();
+    if let Some(ip) = status.pod_ip.and_then(|ip| ip.parse().ok())
+        && !ips.contains(&ip)
+    {
+        ips.push(ip);
+    }
+    ips
 }
 
 enum Verdict {

@@ -97,6 +97,41 @@ pub fn agent_container(
     health: Option<&str>,
     identity: &AgentIdentity,
 ) -> Container {
+    Container {
+        name: AGENT_CONTAINER.into(),
+        image: Some(cfg.image.clone()),
+        image_pull_policy: cfg.image_pull_policy.clone(),
+        command: Some(vec![AGENT_BINARY.into()]),
+        args: None,
+        env: Some(agent_env(cfg, app_port, load_balancers, health, identity)),
+        ports: Some(vec![ContainerPort {
+            name: Some(VITALS_PORT_NAME.into()),
+            container_port: i32::from(cfg.metrics_port),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        // A native sidecar's startup probe holds the app back until the
+        // agent serves its vitals.
+        startup_probe: cfg.native_sidecar.then(|| vitals_probe(1, 30)),
+        readiness_probe: Some(vitals_probe(5, 3)),
+        liveness_probe: Some(vitals_probe(10, 3)),
+        lifecycle: Some(drain_on_stop()),
+        resources: Some(cfg.resources.clone()),
+        restart_policy: cfg.native_sidecar.then(|| "Always".into()),
+        security_context: Some(locked_down(cfg.run_as_user)),
+        volume_mounts: token_mounts(&cfg.token),
+        ..Default::default()
+    }
+}
+
+/// The agent's `ROSTER_*` settings and the Downward API variables it reads.
+fn agent_env(
+    cfg: &InjectConfig,
+    app_port: u16,
+    load_balancers: &str,
+    health: Option<&str>,
+    identity: &AgentIdentity,
+) -> Vec<EnvVar> {
     let mut env_vars = vec![
         env_field("POD_NAME", "metadata.name"),
         env_field("POD_NAMESPACE", "metadata.namespace"),
@@ -133,62 +168,53 @@ pub fn agent_container(
     if let Some(protocol) = identity.protocol {
         env_vars.push(env("ROSTER_APP_PROTOCOL", protocol));
     }
-    let mut mounts = None;
     if cfg.token != TokenSource::None {
         env_vars.push(env("ROSTER_TOKEN_FILE", format!("{TOKEN_DIR}/token")));
-        mounts = Some(vec![VolumeMount {
+    }
+    env_vars
+}
+
+/// The token volume mounted read-only at [`TOKEN_DIR`], when there is a token.
+fn token_mounts(token: &TokenSource) -> Option<Vec<VolumeMount>> {
+    (*token != TokenSource::None).then(|| {
+        vec![VolumeMount {
             name: TOKEN_VOLUME.into(),
             mount_path: TOKEN_DIR.into(),
             read_only: Some(true),
             ..Default::default()
-        }]);
+        }]
+    })
+}
+
+/// preStop runs `roster-agent drain`.
+fn drain_on_stop() -> Lifecycle {
+    Lifecycle {
+        pre_stop: Some(LifecycleHandler {
+            exec: Some(ExecAction {
+                command: Some(vec![AGENT_BINARY.into(), "drain".into()]),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
-    Container {
-        name: AGENT_CONTAINER.into(),
-        image: Some(cfg.image.clone()),
-        image_pull_policy: cfg.image_pull_policy.clone(),
-        command: Some(vec![AGENT_BINARY.into()]),
-        args: None,
-        env: Some(env_vars),
-        ports: Some(vec![ContainerPort {
-            name: Some(VITALS_PORT_NAME.into()),
-            container_port: i32::from(cfg.metrics_port),
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
-        // A native sidecar's startup probe holds the app back until the
-        // agent serves its vitals.
-        startup_probe: cfg.native_sidecar.then(|| vitals_probe(1, 30)),
-        readiness_probe: Some(vitals_probe(5, 3)),
-        liveness_probe: Some(vitals_probe(10, 3)),
-        lifecycle: Some(Lifecycle {
-            pre_stop: Some(LifecycleHandler {
-                exec: Some(ExecAction {
-                    command: Some(vec![AGENT_BINARY.into(), "drain".into()]),
-                }),
-                ..Default::default()
-            }),
+}
+
+/// Non-root, no privilege escalation, read-only root, no capabilities, seccomp.
+fn locked_down(run_as_user: Option<i64>) -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user,
+        run_as_group: run_as_user,
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
             ..Default::default()
         }),
-        resources: Some(cfg.resources.clone()),
-        restart_policy: cfg.native_sidecar.then(|| "Always".into()),
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: cfg.run_as_user,
-            run_as_group: cfg.run_as_user,
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..Default::default()
-            }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
             ..Default::default()
         }),
-        volume_mounts: mounts,
         ..Default::default()
     }
 }
