@@ -11,7 +11,6 @@ use serde_json::{Map, Value};
 
 use crate::config::{Config, duration_schema};
 
-mod config_keys;
 
 /// A Kubernetes object passed through as is.
 type Object = Map<String, Value>;
@@ -435,7 +434,6 @@ pub fn values_schema() -> String {
     let mut schema = schemars::schema_for!(HelmValues).to_value();
     // values.yaml documents the defaults; the types' zero values would mislead.
     strip_defaults(&mut schema);
-    config_keys::add_pending(&mut schema);
     let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
     text.push('\n');
     text

@@ -73,182 +73,32 @@ pub struct LbMetrics {
 impl LbMetrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let backends = IntGaugeVec::new(
-            Opts::new("roster_lb_backends", "Registered backends by state"),
-            &["state"],
-        )
-        .expect("metric");
-        let service_backends = IntGaugeVec::new(
-            Opts::new(
-                "roster_lb_service_backends",
-                "Registered backends by service and state",
-            ),
-            &["service", "state"],
-        )
-        .expect("metric");
-        let routable = IntGaugeVec::new(
-            Opts::new(
-                "roster_lb_routable_backends",
-                "Backends that traffic is routed to now, by service",
-            ),
-            &["service"],
-        )
-        .expect("metric");
-        let digest = IntGaugeVec::new(
-            Opts::new(
-                "roster_lb_routable_digest",
-                "32-bit digest of a service's routable address set; equal on replicas that agree",
-            ),
-            &["service"],
-        )
-        .expect("metric");
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "roster_lb_requests_total",
-                "Proxied requests by service, backend and status class",
-            ),
-            &["service", "backend", "code_class"],
-        )
-        .expect("metric");
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "roster_lb_request_duration_seconds",
-                "Time from request to the end of the response, by status class",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
-            ]),
-            &["code_class"],
-        )
-        .expect("metric");
-        let no_backend = IntCounter::new(
-            "roster_lb_no_backend_total",
-            "Requests answered 503 because no backend was available",
-        )
-        .expect("metric");
-        let connect_failures = IntCounter::new(
-            "roster_lb_upstream_connect_failures_total",
-            "Failed connection attempts to backends",
-        )
-        .expect("metric");
-        let health_checks = IntCounterVec::new(
-            Opts::new("roster_lb_health_checks_total", "Vitals checks by result"),
-            &["result"],
-        )
-        .expect("metric");
-        let check_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "roster_lb_health_check_duration_seconds",
-                "Time of one vitals check",
-            )
-            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0]),
-        )
-        .expect("metric");
-        let registrations = IntCounterVec::new(
-            Opts::new(
-                "roster_lb_registrations_total",
-                "POST /register answers by result",
-            ),
-            &["result"],
-        )
-        .expect("metric");
-        let deregistrations = IntCounterVec::new(
-            Opts::new(
-                "roster_lb_deregistrations_total",
-                "Entries removed, by reason (deleted, expired)",
-            ),
-            &["reason"],
-        )
-        .expect("metric");
-        let ejections = IntCounterVec::new(
-            Opts::new(
-                "roster_lb_ejections_total",
-                "Backends ejected after failures on live traffic, by reason",
-            ),
-            &["reason"],
-        )
-        .expect("metric");
-        let panic = IntGaugeVec::new(
-            Opts::new(
-                "roster_lb_panic",
-                "1 while too few of a service's backends are healthy and the LB routes to all its verified ready ones",
-            ),
-            &["service"],
-        )
-        .expect("metric");
-        let retries = IntCounter::new(
-            "roster_lb_retries_total",
-            "Requests retried on another backend after a failure",
-        )
-        .expect("metric");
-        let reloads = IntCounterVec::new(
-            Opts::new(
-                "roster_lb_config_reloads_total",
-                "Reloads of routes from the config file, by result (ok, refused)",
-            ),
-            &["result"],
-        )
-        .expect("metric");
-        let open_connections = IntGaugeVec::new(
-            Opts::new(
-                "roster_lb_open_connections",
-                "Client connections open now, by listener",
-            ),
-            &["listener"],
-        )
-        .expect("metric");
-        let connections_shed = IntCounterVec::new(
-            Opts::new(
-                "roster_lb_connections_shed_total",
-                "Connections closed or refused by the listener's limits, by reason",
-            ),
-            &["listener", "reason"],
-        )
-        .expect("metric");
-        for c in [
-            Box::new(open_connections.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(connections_shed.clone()),
-            Box::new(backends.clone()),
-            Box::new(service_backends.clone()),
-            Box::new(routable.clone()),
-            Box::new(digest.clone()),
-            Box::new(requests.clone()),
-            Box::new(duration.clone()),
-            Box::new(no_backend.clone()),
-            Box::new(connect_failures.clone()),
-            Box::new(health_checks.clone()),
-            Box::new(check_duration.clone()),
-            Box::new(registrations.clone()),
-            Box::new(deregistrations.clone()),
-            Box::new(ejections.clone()),
-            Box::new(panic.clone()),
-            Box::new(retries.clone()),
-            Box::new(reloads.clone()),
-        ] {
-            registry.register(c).expect("unique metric names");
-        }
+        let r = Families(&registry);
+        let latency = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        let check_latency = vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0];
         Self {
-            registry,
-            backends,
-            service_backends,
-            routable,
-            digest,
-            requests,
-            duration,
+            backends: r.gauges(BACKENDS, &["state"]),
+            service_backends: r.gauges(SERVICE_BACKENDS, &["service", "state"]),
+            routable: r.gauges(ROUTABLE, &["service"]),
+            digest: r.gauges(DIGEST, &["service"]),
+            requests: r.counters(REQUESTS, &["service", "backend", "code_class"]),
+            duration: r.histograms(DURATION, latency, &["code_class"]),
             durations: Default::default(),
-            no_backend,
-            connect_failures,
-            health_checks,
-            check_duration,
-            registrations,
-            deregistrations,
-            ejections,
-            panic,
-            retries,
-            reloads,
-            open_connections,
-            connections_shed,
+            no_backend: r.counter(NO_BACKEND),
+            connect_failures: r.counter(CONNECT_FAILURES),
+            health_checks: r.counters(HEALTH_CHECKS, &["result"]),
+            check_duration: r.histogram(CHECK_DURATION, check_latency),
+            registrations: r.counters(REGISTRATIONS, &["result"]),
+            deregistrations: r.counters(DEREGISTRATIONS, &["reason"]),
+            ejections: r.counters(EJECTIONS, &["reason"]),
+            panic: r.gauges(PANIC, &["service"]),
+            retries: r.counter(RETRIES),
+            reloads: r.counters(RELOADS, &["result"]),
+            open_connections: r.gauges(OPEN_CONNECTIONS, &["listener"]),
+            connections_shed: r.counters(CONNECTIONS_SHED, &["listener", "reason"]),
+            registry,
         }
     }
 
@@ -282,6 +132,111 @@ impl LbMetrics {
     /// Prometheus text exposition of every family.
     pub fn render(&self) -> String {
         encode(&self.registry)
+    }
+}
+
+/// A family's name and help text.
+type Family = (&'static str, &'static str);
+
+const BACKENDS: Family = ("roster_lb_backends", "Registered backends by state");
+const SERVICE_BACKENDS: Family = (
+    "roster_lb_service_backends",
+    "Registered backends by service and state",
+);
+const ROUTABLE: Family = (
+    "roster_lb_routable_backends",
+    "Backends that traffic is routed to now, by service",
+);
+const DIGEST: Family = (
+    "roster_lb_routable_digest",
+    "32-bit digest of a service's routable address set; equal on replicas that agree",
+);
+const REQUESTS: Family = (
+    "roster_lb_requests_total",
+    "Proxied requests by service, backend and status class",
+);
+const DURATION: Family = (
+    "roster_lb_request_duration_seconds",
+    "Time from request to the end of the response, by status class",
+);
+const NO_BACKEND: Family = (
+    "roster_lb_no_backend_total",
+    "Requests answered 503 because no backend was available",
+);
+const CONNECT_FAILURES: Family = (
+    "roster_lb_upstream_connect_failures_total",
+    "Failed connection attempts to backends",
+);
+const HEALTH_CHECKS: Family = ("roster_lb_health_checks_total", "Vitals checks by result");
+const CHECK_DURATION: Family = (
+    "roster_lb_health_check_duration_seconds",
+    "Time of one vitals check",
+);
+const REGISTRATIONS: Family = (
+    "roster_lb_registrations_total",
+    "POST /register answers by result",
+);
+const DEREGISTRATIONS: Family = (
+    "roster_lb_deregistrations_total",
+    "Entries removed, by reason (deleted, expired)",
+);
+const EJECTIONS: Family = (
+    "roster_lb_ejections_total",
+    "Backends ejected after failures on live traffic, by reason",
+);
+const PANIC: Family = (
+    "roster_lb_panic",
+    "1 while too few of a service's backends are healthy and the LB routes to all its verified ready ones",
+);
+const RETRIES: Family = (
+    "roster_lb_retries_total",
+    "Requests retried on another backend after a failure",
+);
+const RELOADS: Family = (
+    "roster_lb_config_reloads_total",
+    "Reloads of routes from the config file, by result (ok, refused)",
+);
+const OPEN_CONNECTIONS: Family = (
+    "roster_lb_open_connections",
+    "Client connections open now, by listener",
+);
+const CONNECTIONS_SHED: Family = (
+    "roster_lb_connections_shed_total",
+    "Connections closed or refused by the listener's limits, by reason",
+);
+
+/// Builds metric families and registers each as it is made: a family
+/// that is declared is exported. Names are constants, so a failure is a bug.
+struct Families<'a>(&'a Registry);
+
+impl Families<'_> {
+    fn add<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> C {
+        self.0
+            .register(Box::new(c.clone()))
+            .expect("unique metric names");
+        c
+    }
+
+    fn gauges(&self, (name, help): Family, labels: &[&str]) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Opts::new(name, help), labels).expect("metric"))
+    }
+
+    fn counters(&self, (name, help): Family, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels).expect("metric"))
+    }
+
+    fn counter(&self, (name, help): Family) -> IntCounter {
+        self.add(IntCounter::new(name, help).expect("metric"))
+    }
+
+    fn histogram(&self, (name, help): Family, buckets: Vec<f64>) -> Histogram {
+        let opts = HistogramOpts::new(name, help).buckets(buckets);
+        self.add(Histogram::with_opts(opts).expect("metric"))
+    }
+
+    fn histograms(&self, (name, help): Family, buckets: Vec<f64>, labels: &[&str]) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(buckets);
+        self.add(HistogramVec::new(opts, labels).expect("metric"))
     }
 }
 

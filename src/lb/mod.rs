@@ -250,6 +250,27 @@ fn proxy_app(
     app
 }
 
+/// pingora's settings for `lb:`.
+fn server_conf(lb: &crate::config::LbConfig) -> ServerConf {
+    let threads = lb
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    ServerConf {
+        threads,
+        grace_period_seconds: Some(lb.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_pool_size: lb.keepalive_pool_size,
+        // One thread: a current-thread runtime, with no steal checks or
+        // cross-thread wakeups on the hot path (perf, bench part 1: +25%
+        // requests/s). Several threads keep work stealing: with one runtime
+        // per thread, pingora parks idle upstream connections on a random
+        // runtime and reusing them races ("failed to acquire reusable
+        // stream", a new connection instead).
+        work_stealing: threads > 1,
+        ..ServerConf::default()
+    }
+}
+
 /// Run `roster lb` until SIGTERM (graceful) or SIGINT (fast). Blocks.
 pub fn run(config: Config) -> Result<(), Error> {
     // Each backend may hold a pooled check connection and proxied ones.
@@ -265,23 +286,8 @@ pub fn run(config: Config) -> Result<(), Error> {
     };
     let state = State::with_fd_limit(config, fd_limit)?;
     let lb = &state.config.lb;
-    let threads = lb
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let conf = ServerConf {
-        threads,
-        grace_period_seconds: Some(lb.grace_period.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(1),
-        upstream_keepalive_pool_size: lb.keepalive_pool_size,
-        // One thread: a current-thread runtime, with no steal checks or
-        // cross-thread wakeups on the hot path (perf, bench part 1: +25%
-        // requests/s). Several threads keep work stealing: with one runtime
-        // per thread, pingora parks idle upstream connections on a random
-        // runtime and reusing them races ("failed to acquire reusable
-        // stream", a new connection instead).
-        work_stealing: threads > 1,
-        ..ServerConf::default()
-    };
+    let conf = server_conf(lb);
+    let threads = conf.threads;
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let upgrades = Arc::new(upgrade::Upgrades::default());

@@ -1,0 +1,103 @@
+//! Checks the LB's configuration needs beyond what serde's types express,
+//! each error naming the key.
+
+use super::{Config, ConfigError, invalid, services};
+
+impl Config {
+    /// Checks the LB needs: ranges that serde cannot express.
+    pub fn validate_lb(&self) -> Result<(), ConfigError> {
+        self.check_health()?;
+        self.check_lb()?;
+        self.check_protocols()?;
+        self.check_registration()?;
+        services::validate(self)?;
+        crate::limits::validate("lb.proxy_limits", &self.lb.proxy_limits.get())?;
+        crate::limits::validate("lb.control_limits", &self.lb.control_limits.get())?;
+        Ok(())
+    }
+
+    fn check_health(&self) -> Result<(), ConfigError> {
+        let hc = &self.health_check;
+        if hc.interval.is_zero() {
+            return Err(invalid("health_check.interval", "must be more than 0"));
+        }
+        if hc.timeout.is_zero() {
+            return Err(invalid("health_check.timeout", "must be more than 0"));
+        }
+        if !hc.path.starts_with('/') {
+            return Err(invalid("health_check.path", "must start with '/'"));
+        }
+        if hc.unhealthy_threshold == 0 {
+            return Err(invalid("health_check.unhealthy_threshold", "must be ≥ 1"));
+        }
+        if hc.healthy_threshold == 0 {
+            return Err(invalid("health_check.healthy_threshold", "must be ≥ 1"));
+        }
+        if !(0.0..=100.0).contains(&hc.panic_threshold) {
+            return Err(invalid(
+                "health_check.panic_threshold",
+                "must be 0-100 (percent)",
+            ));
+        }
+        if hc.concurrency == 0 {
+            return Err(invalid("health_check.concurrency", "must be ≥ 1"));
+        }
+        Ok(())
+    }
+
+    fn check_lb(&self) -> Result<(), ConfigError> {
+        let lb = &self.lb;
+        if lb.ejection_time.is_zero() || lb.max_ejection_time < lb.ejection_time {
+            return Err(invalid(
+                "lb.max_ejection_time",
+                "must be ≥ lb.ejection_time, and both more than 0",
+            ));
+        }
+        lb.load_score
+            .check()
+            .map_err(|e| invalid("lb.load_score", e))?;
+        if lb.threads == Some(0) {
+            return Err(invalid("lb.threads", "must be ≥ 1 or null"));
+        }
+        if !lb.default_service.is_empty() {
+            crate::registry::validate_name(crate::registry::Field::Service, &lb.default_service)
+                .map_err(|e| invalid("lb.default_service", e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// WebSocket, gRPC and TLS settings.
+    fn check_protocols(&self) -> Result<(), ConfigError> {
+        let lb = &self.lb;
+        if lb.websocket_idle_timeout.is_zero() {
+            return Err(invalid("lb.websocket_idle_timeout", "must be more than 0"));
+        }
+        if let Some(m) = lb
+            .grpc_idempotent_methods
+            .iter()
+            .find(|m| !m.starts_with('/') || m.matches('/').count() != 2)
+        {
+            return Err(invalid(
+                "lb.grpc_idempotent_methods",
+                format!("{m:?}: expected /package.Service/Method"),
+            ));
+        }
+        if lb.tls.enabled() && lb.tls.reload_interval.is_zero() {
+            return Err(invalid("lb.tls.reload_interval", "must be more than 0"));
+        }
+        Ok(())
+    }
+
+    fn check_registration(&self) -> Result<(), ConfigError> {
+        let r = &self.registration;
+        if r.lease_ttl.is_zero() {
+            return Err(invalid("registration.lease_ttl", "must be more than 0"));
+        }
+        // Selector tables index backends with u16.
+        if r.max_backends == 0 || r.max_backends > 65_535 {
+            return Err(invalid("registration.max_backends", "must be 1..=65535"));
+        }
+        r.networks()?;
+        Ok(())
+    }
+}
