@@ -11,7 +11,6 @@ use serde_json::{Map, Value};
 
 use crate::config::{Config, duration_schema};
 
-
 /// A Kubernetes object passed through as is.
 type Object = Map<String, Value>;
 

@@ -44,7 +44,10 @@ fn invalid(path: &Path, message: impl Into<String>) -> TlsError {
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// TLS listen address (`IP:port`); used only when `certs` is not empty.
-    #[schemars(with = "String", regex(pattern = r"^(\[[0-9a-fA-F:.]+\]|[0-9.]+):[0-9]{1,5}$"))]
+    #[schemars(
+        with = "String",
+        regex(pattern = r"^(\[[0-9a-fA-F:.]+\]|[0-9.]+):[0-9]{1,5}$")
+    )]
     #[arg(
         id = "lb.tls.listen",
         required = false,
