@@ -117,3 +117,41 @@ def part7(W, F, add, targets, f):
     if summary:
         add("roster `least_loaded` p99 / the better peer's p99: " + ", ".join(summary) + ".")
         add("")
+
+
+def _wrk_rps(path):
+    try:
+        for line in open(path):
+            if line.startswith("Requests/sec:"):
+                return float(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def part8(W, F, add, f):
+    """Part 8: one LB tier for many services."""
+    if "p8.services" not in F:
+        return
+    rounds = int(F.get("rounds", "0") or 0)
+    rps = {t: [v for r in range(1, rounds + 1) if (v := _wrk_rps(os.path.join(W, f"p8-{t}-{r}.txt")))]
+           for t in ("one", "many")}
+    med = {t: sorted(v)[len(v) // 2] if v else None for t, v in rps.items()}
+    add("## 8. One LB tier, many services")
+    add("")
+    add(f"One LB with {F.get('backends')} backends across {F['p8.services']} services (10 each, one host "
+        "route per service, checked every 5 s) against one with a single service of 10 backends and no "
+        "routes; wrk sends `Host: svc-7.bench` to both (the big LB routes it to one 10-backend service), "
+        f"{rounds} alternating rounds, medians. Target: at 1,000 services ≥ 0.95× the one-service req/s.")
+    add("")
+    add("| | one service | 1,000 services | ratio |")
+    add("| --- | ---: | ---: | ---: |")
+    ratio = (med["many"] / med["one"]) if med["one"] and med["many"] else None
+    add(f"| req/s (median) | {med['one'] or '-'} | {med['many'] or '-'} | "
+        f"{f'{ratio:.3f}×' if ratio else '-'} ({'met' if ratio and ratio >= 0.95 else 'missed'}) |")
+    add(f"| RSS | {F.get('p8.rss_one_kb', '-')} kB | {F.get('p8.rss_many_kb', '-')} kB | |")
+    add("")
+    add(f"All {F.get('backends')} routable {F.get('p8.all_routable_s', '?')} s after the first registration; "
+        f"with every backend checked every 5 s the LB used {F.get('p8.checks.cpu_percent', '?')}% of a core "
+        f"(RSS {F.get('p8.checks.rss_kb', '?')} kB).")
+    add("")

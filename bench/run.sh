@@ -8,6 +8,8 @@
 #      registration time, time until all routable, detection of 100 not-ready
 #   2. selection vs pool size: traffic through that LB vs one with 10 backends
 #   4. agent footprint: idle RSS and CPU of one `roster agent`
+#   8. services: BACKENDS backends across 1,000 services with host routes
+#      vs one service of 10 backends, req/s in alternating rounds
 #   5. hostile clients, per listener (LB proxy, LB control API, agent vitals,
 #      injector): idle + slowloris connections and a normal poller at once,
 #      the server with its default limits
@@ -25,7 +27,7 @@
 #   BENCH_OUT=BENCHMARKS.md  BENCH_KEEP=1 (keep the work dir with all logs)
 #   BENCH_ABUSE_SECONDS=30 (part 5 window per listener)  BENCH_ABUSE_IDLE=2000
 #   BENCH_ABUSE_SLOW=300 (part 5 idle / slowloris connections)
-#   BENCH_SKIP_BUILD=1  BENCH_PARTS="1 2 3 4 5 6 7"
+#   BENCH_SKIP_BUILD=1  BENCH_PARTS="1 2 3 4 5 6 7 8"  BENCH_SERVICES=1000 (part 8)
 #   part 6: BENCH_CG_COUNT BENCH_CG_WARM BENCH_CG_SIZES BENCH_CG_TARGETS
 #   part 7: BENCH_LA_RATE BENCH_LA_SECONDS BENCH_LA_ROUNDS ... (see the scripts)
 #   BENCH_PROFILE=debug (only to develop this script: numbers are meaningless)
@@ -47,7 +49,7 @@ OUT=${BENCH_OUT:-BENCHMARKS.md}
 ABUSE_SECONDS=${BENCH_ABUSE_SECONDS:-30}
 ABUSE_IDLE=${BENCH_ABUSE_IDLE:-2000}
 ABUSE_SLOW=${BENCH_ABUSE_SLOW:-300}
-PARTS=${BENCH_PARTS:-1 2 3 4 5 6 7}
+PARTS=${BENCH_PARTS:-1 2 3 4 5 6 7 8}
 
 # Configuration comes from the flags below only.
 for v in $(env | grep -o '^ROSTER_[A-Z_]*' || true); do unset "$v"; done
@@ -86,12 +88,13 @@ chmod 755 "$W"
 P_APP=$((BASE + 1)); P_VITALS=$((BASE + 90)); P_FARMCTL=$((BASE + 99)); P_GEN=$((BASE + 100))
 P_ROSTER=$((BASE + 200)); P_NGINX=$((BASE + 210)); P_HAPROXY=$((BASE + 220)); P_BARE=$((BASE + 230))
 P_R10=$((BASE + 300)); P_R3=$((BASE + 400)); P_R4=$((BASE + 500))
-P_AGENT=$((BASE + 590))
+P_AGENT=$((BASE + 590)); P_R8=$((BASE + 700)); P_R8ONE=$((BASE + 710))
 P_R5=$((BASE + 600)); P_R5C=$((BASE + 610)); P_V5=$((BASE + 620)); P_INJ=$((BASE + 630))
 for p in $P_APP $((P_APP + 1)) $((P_APP + 2)) $((P_APP + 3)) $P_VITALS $P_FARMCTL $P_GEN \
   $P_ROSTER $((P_ROSTER + 1)) $P_NGINX $P_HAPROXY $P_BARE $P_R10 $((P_R10 + 1)) \
   $P_R3 $((P_R3 + 1)) $P_R4 $((P_R4 + 1)) $P_AGENT $((P_AGENT + 1)) \
-  $P_R5 $((P_R5 + 1)) $P_R5C $((P_R5C + 1)) $P_V5 $P_INJ; do
+  $P_R5 $((P_R5 + 1)) $P_R5C $((P_R5C + 1)) $P_V5 $P_INJ \
+  $P_R8 $((P_R8 + 1)) $P_R8ONE $((P_R8ONE + 1)); do
   if [ -n "$(ss -Hltn "sport = :$p" 2>/dev/null)" ]; then
     echo "port $p is in use; set BENCH_PORT_BASE" >&2
     exit 1
@@ -474,6 +477,51 @@ fi
 if want 7; then
   log "part 7: load-aware selection, 2 replicas, 4 backends, one degraded"
   bench/loadaware.sh "$W" || log "  part 7 failed"
+fi
+
+# ---------------------------------------------------------------- part 8
+# One LB tier, many services: 10,000 backends across 1,000 services (one
+# host route each, checked every 5 s) against one service of 10 backends
+# and no routes; wrk sends to one 10-backend service of the big LB by Host.
+if want 8; then
+  SERVICES=${BENCH_SERVICES:-1000}
+  log "part 8: $BACKENDS backends across $SERVICES services vs one service (${ROUNDS} rounds x ${DURATION}s)"
+  routes=$W/p8-routes.yaml
+  { echo "routes:"; for i in $(seq 0 $((SERVICES - 1))); do echo "  - {host: svc-$i.bench, service: svc-$i}"; done; } >"$routes"
+  roster_lb r8 "$P_R8" --config "$routes" --health-interval 5s --lease-ttl 1h --max-backends "$BACKENDS"
+  R8_PID=$LAST_PID
+  c0=$(ticks "$R8_PID"); t0=$(now)
+  farm register --lb "127.0.0.1:$((P_R8 + 1))" --count "$BACKENDS" --services "$SERVICES" \
+    --app-port "$P_GEN" --metrics-port "$P_VITALS" --concurrency 64 >"$W/p8-register.json"
+  wait_until_s=$((SECONDS + 240))
+  until [ "$(curl -s --max-time 5 "http://127.0.0.1:$((P_R8 + 1))/services" |
+    python3 -c 'import json,sys; print(sum(s["routable"] for s in json.load(sys.stdin)))' 2>/dev/null)" = "$BACKENDS" ]; do
+    [ $SECONDS -lt $wait_until_s ] || { log "  not all routable within 240 s"; break; }
+    sleep 1
+  done
+  t1=$(now); c1=$(ticks "$R8_PID")
+  fact p8.services "$SERVICES"
+  fact p8.all_routable_s "$(awk -v s="$t0" -v e="$t1" 'BEGIN {printf "%.2f", e - s}')"
+  sleep 6
+  cpu_window "$R8_PID" "$CPU_SECONDS" p8.checks
+  roster_lb r8one "$P_R8ONE" --health-interval 5s --lease-ttl 1h
+  R8ONE_PID=$LAST_PID
+  farm register --lb "127.0.0.1:$((P_R8ONE + 1))" --count 10 --app-port "$P_GEN" \
+    --metrics-port "$P_VITALS" >"$W/p8-register-one.json"
+  farm wait-routable --lb "127.0.0.1:$((P_R8ONE + 1))" --count 10 --timeout 60s >/dev/null
+  declare -A URL8=([one]="http://127.0.0.1:$P_R8ONE/" [many]="http://127.0.0.1:$P_R8/")
+  p8_wrk() { # FILE TARGET
+    taskset -c "$LOAD_CPUS" timeout $((DURATION + 30)) \
+      wrk -t"$LOAD_THREADS" -c"$CONNS" -d"${DURATION}s" --latency -H "Host: svc-7.bench" "${URL8[$2]}" >"$1" 2>&1 || true
+  }
+  for t in one many; do DURATION=2 p8_wrk "$W/warmup8-$t.txt" "$t"; done
+  for r in $(seq "$ROUNDS"); do
+    for t in one many; do p8_wrk "$W/p8-$t-$r.txt" "$t"; done
+  done
+  fact p8.rss_many_kb "$(kb "$R8_PID" VmRSS)"
+  fact p8.rss_one_kb "$(kb "$R8ONE_PID" VmRSS)"
+  stop "$R8ONE_PID"
+  stop "$R8_PID"
 fi
 
 stop "$FARM_PID"

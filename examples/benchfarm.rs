@@ -144,6 +144,10 @@ struct Fleet {
     app_port: u16,
     #[arg(long)]
     metrics_port: u16,
+    /// Spread generated backends over this many services, `svc-<i % n>`
+    /// (0: no `service` field, the LB's default service).
+    #[arg(long, default_value_t = 0)]
+    services: u32,
 }
 
 impl Fleet {
@@ -156,10 +160,21 @@ impl Fleet {
             .collect();
         out.extend((0..self.count).map(|i| {
             let addr = SocketAddr::new(backend_ip(i).into(), self.app_port);
-            registration(&format!("bench-{i}"), addr, self.metrics_port)
+            let body = registration(&format!("bench-{i}"), addr, self.metrics_port);
+            match self.services {
+                0 => body,
+                n => with_service(body, &format!("svc-{}", i % n)),
+            }
         }));
         out
     }
+}
+
+/// A registration body with a `service`.
+fn with_service(body: String, service: &str) -> String {
+    let mut v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    v["service"] = json!(service);
+    v.to_string()
 }
 
 fn registration(id: &str, addr: SocketAddr, metrics_port: u16) -> String {
