@@ -173,7 +173,7 @@ test('a row opens its detail with charts', async () => {
 
 test('the page is read-only and breaks no CSP rule', async () => {
   const seen = [...new Set(requests)].sort();
-  assert.deepEqual(seen, ['GET /', 'GET /registry', 'GET /telemetry', 'GET /ui/app.css', 'GET /ui/app.js']);
+  assert.deepEqual(seen, ['GET /', 'GET /registry', 'GET /services', 'GET /telemetry', 'GET /ui/app.css', 'GET /ui/app.js']);
   assert.deepEqual(problems, []);
 });
 
