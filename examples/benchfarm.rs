@@ -557,7 +557,8 @@ async fn heartbeat(fleet: Fleet, period: Duration, duration: Duration) -> anyhow
     Ok(())
 }
 
-/// Read `roster_lb_routable_backends` from the LB's `/telemetry`.
+/// Read `roster_lb_routable_backends` from the LB's `/telemetry`, summed
+/// over its services (one series per service).
 async fn routable(c: &reqwest::Client, lb: SocketAddr) -> Option<u64> {
     let text = c
         .get(format!("http://{lb}/telemetry"))
@@ -567,11 +568,13 @@ async fn routable(c: &reqwest::Client, lb: SocketAddr) -> Option<u64> {
         .text()
         .await
         .ok()?;
-    text.lines().find_map(|l| {
-        l.strip_prefix("roster_lb_routable_backends ")
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map(|v| v as u64)
-    })
+    let counts: Vec<u64> = text
+        .lines()
+        .filter(|l| l.starts_with("roster_lb_routable_backends"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .collect();
+    (!counts.is_empty()).then(|| counts.iter().sum())
 }
 
 /// Poll until `done(routable)`; the last count read.
