@@ -86,13 +86,6 @@ impl Registry {
         self.slots.read().values().cloned().collect()
     }
 
-    /// The default service's routable set (empty when it has none).
-    pub fn routable(&self) -> Arc<Routable> {
-        self.slot(&self.policy.default_service)
-            .map(|s| s.routable().clone())
-            .unwrap_or_default()
-    }
-
     /// Rebuild and publish `service`'s routable set: O(its entries). Returns
     /// its slot, or None when the service has no entries and is not pinned
     /// (its slot is dropped).
