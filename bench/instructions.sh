@@ -4,8 +4,9 @@
 # req/s on a shared 2-core machine is not: each proxy runs under
 # `valgrind --tool=callgrind` twice, once with WARM requests and once with
 # WARM + COUNT, from one keep-alive connection one request at a time
-# (bench/fixedclient.py); (Ir[WARM+COUNT] - Ir[WARM]) / COUNT is the cost of
-# a request with start-up, registration and shutdown subtracted.
+# (bench/fixedclient.py), counting only while the client runs
+# (`callgrind_control -z`, then `-d`); (Ir[WARM+COUNT] - Ir[WARM]) / COUNT is
+# the cost of a request with the client's connection subtracted too.
 #
 #   bench/instructions.sh WORKDIR      (bench/run.sh calls it as part 6)
 #
@@ -93,13 +94,17 @@ cg_run() {
       --address "127.0.0.1:$((P_B + 2))" --address "127.0.0.1:$((P_B + 3))" >/dev/null
     timeout 150 "$FARM" wait-routable --lb "127.0.0.1:$((P_T + 1))" --count 4 --timeout 120s >/dev/null
   fi
+  # Count only while the client runs: start-up, registration polls and
+  # shutdown vary from run to run and would not cancel out exactly.
+  callgrind_control -z "$pid" >/dev/null 2>&1 || log "$t: could not zero the counters"
   timeout 600 taskset -c "$LOAD_CPUS" python3 bench/fixedclient.py --target "127.0.0.1:$P_T" \
     --count "$n" >>"$W/p6-client.log" 2>&1 || log "$t $size $n: client errors (p6-client.log)"
+  callgrind_control -d "$pid" >/dev/null 2>&1 || log "$t: could not dump the counters"
   case $t in
     haproxy) stop_wait "$pid" TERM ;;
     *) stop_wait "$pid" INT ;;
   esac
-  IR=$(awk '/^(summary|totals):/ {print $2; exit}' "$out" 2>/dev/null)
+  IR=$(awk '/^(summary|totals):/ {print $2; exit}' "$out.1" 2>/dev/null)
   IR=${IR:-0}
 }
 

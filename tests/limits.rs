@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{Backend, Lb, Proc, agent_bin, bin, client, free_addr, until_closed, wait_for};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const SHORT: &str = "500ms";
@@ -140,6 +140,49 @@ async fn proxy_port_sheds_slow_and_idle_clients() {
     assert_slowloris_shed(lb.proxy).await;
     let r = client().get(lb.proxy_url("/")).send().await.unwrap();
     assert_eq!(r.status(), 200, "normal traffic still flows");
+}
+
+/// A client that asks for a large answer and stops reading is cut after
+/// `body_timeout` without progress: on HTTP/1 this is the listener's own
+/// write bound (pingora's per-request write timer stays off there).
+#[tokio::test]
+async fn proxy_port_cuts_a_client_that_stops_reading() {
+    const BIG: usize = 64 << 20;
+    let ip = "127.0.0.66";
+    let vitals = Backend::start("big", ip).await;
+    let app = axum::Router::new().fallback(|| async { vec![b'x'; BIG] });
+    let big = common::Server::start(common::any_port(ip), app).await;
+    let flags = limit_flags("proxy-");
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let lb = Lb::start(ip, &flags).await;
+    lb.register("big", big.addr, vitals.metrics_port()).await;
+    lb.wait_backends(&[big.addr], Duration::from_secs(10)).await;
+
+    let mut s = open(lb.proxy, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    // Socket buffers fill within milliseconds; then no progress.
+    tokio::time::sleep(SHED_BY).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the connection was never closed");
+    assert!(
+        got < BIG,
+        "the whole answer arrived: the client was never cut"
+    );
+    let text = lb.telemetry().await;
+    let shed = common::metric(
+        &text,
+        "roster_lb_connections_shed_total{listener=\"proxy\",reason=\"write_timeout\"}",
+    );
+    assert_eq!(shed, Some(1.0), "{text}");
 }
 
 /// Start `roster-agent` serving vitals on `ip` with short limits (and any

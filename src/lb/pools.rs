@@ -2,7 +2,7 @@
 //! request-path settings. The proxy finds a pool by name in O(1); the
 //! publisher rebuilds only the pools whose service changed.
 
-use std::collections::HashMap;
+use fnv::FnvHashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -28,9 +28,12 @@ impl Pool {
 }
 
 /// Every service's pool, swapped whole when a service appears or leaves.
+///
+/// FNV, not SipHash: every request looks its service up by name, and the
+/// names come from registrations on the control port, not from clients.
 #[derive(Default)]
 pub struct Pools {
-    map: ArcSwap<HashMap<Arc<str>, Arc<Pool>>>,
+    map: ArcSwap<FnvHashMap<Arc<str>, Arc<Pool>>>,
 }
 
 /// What publishing one service changed, for logs and gauges.
@@ -60,7 +63,7 @@ impl Pools {
     ) -> Option<Published> {
         let Some(slot) = registry.publish(service) else {
             self.map.rcu(|m| {
-                let mut m = HashMap::clone(m);
+                let mut m = FnvHashMap::clone(m);
                 m.remove(service);
                 m
             });
@@ -91,7 +94,7 @@ impl Pools {
             panic: AtomicBool::new(false),
         });
         self.map.rcu(|m| {
-            let mut m = HashMap::clone(m);
+            let mut m = FnvHashMap::clone(m);
             m.insert(Arc::clone(pool.name()), Arc::clone(&pool));
             m
         });

@@ -68,6 +68,7 @@ pub struct Ctx {
     /// The service the request was routed to.
     pool: Option<Arc<Pool>>,
     upstream: Option<InFlight>,
+    /// Backends tried before `upstream` (retries only).
     tried: Vec<SocketAddr>,
     /// Why the request got no backend (answered with a body in `fail_to_proxy`).
     no_backend: Option<&'static str>,
@@ -135,24 +136,23 @@ impl ProxyHttp for Proxy {
             session.set_read_timeout(Some(self.state.config.lb.websocket_idle_timeout));
         }
         let req = session.req_header();
-        let hosts = req.headers.get_all(http::header::HOST).iter().count();
+        let mut hosts = req.headers.get_all(http::header::HOST).iter();
+        let (first, more) = (hosts.next(), hosts.next().is_some());
         // RFC 9112 §3.2: an HTTP/1.1 request needs exactly one Host.
-        if req.version == http::Version::HTTP_11 && hosts != 1 {
-            let why = if hosts == 0 {
-                "Host header missing (HTTP/1.1 requires one)"
-            } else {
+        if req.version == http::Version::HTTP_11 && (first.is_none() || more) {
+            let why = if more {
                 "more than one Host header"
+            } else {
+                "Host header missing (HTTP/1.1 requires one)"
             };
             respond_json(session, 400, why).await;
             return Ok(true);
         }
         // The authority (h2) or the Host header, without its port.
-        let host = req.uri.host().or_else(|| {
-            req.headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(host_of)
-        });
+        let host = req
+            .uri
+            .host()
+            .or_else(|| first.and_then(|h| h.to_str().ok()).map(host_of));
         let routes = self.state.routes.load();
         let Some(service) = routes.resolve(host, req.uri.path()) else {
             respond_json(session, 404, "no route").await;
@@ -178,15 +178,17 @@ impl ProxyHttp for Proxy {
         } else {
             Vec::new()
         };
-        let picked = selector.select_with(&key, MAX_ITERATIONS, |b, _| {
-            // The selector may lag the published set by one rebuild.
-            // (and a DELETE or `ready: false` since then is already out).
-            b.addr
-                .as_inet()
-                .is_some_and(|a| routable.usable(a).is_some() && !ctx.tried.contains(a))
-        });
-        let Some(addr) = picked.and_then(|b| b.addr.as_inet().copied()) else {
-            let (code, why) = if ctx.tried.is_empty() {
+        // A retry: the backend just tried is not offered again. The first
+        // attempt records nothing (no allocation on the common path).
+        if let Some(prev) = &ctx.upstream {
+            ctx.tried.push(prev.0.addr);
+            self.state.metrics.retries.inc();
+        }
+        let tried = &ctx.tried;
+        let Some(upstream) = selector.pick_routable(&routable, &key, MAX_ITERATIONS, |u| {
+            !tried.contains(&u.addr)
+        }) else {
+            let (code, why) = if ctx.upstream.is_none() {
                 (503, "no backend available")
             } else {
                 (502, "no backend could be reached")
@@ -194,14 +196,7 @@ impl ProxyHttp for Proxy {
             ctx.no_backend = Some(why);
             return Err(Error::explain(ErrorType::HTTPStatus(code), why));
         };
-        let upstream = routable
-            .usable(&addr)
-            .cloned()
-            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "backend just left"))?;
-        if !ctx.tried.is_empty() {
-            self.state.metrics.retries.inc();
-        }
-        ctx.tried.push(addr);
+        let addr = upstream.addr;
 
         let lb = &self.state.config.lb;
         // The backend's own word, else its service's, else the LB's.
@@ -310,7 +305,7 @@ impl ProxyHttp for Proxy {
         self.state.metrics.connect_failures.inc();
         self.record_failure(ctx, "connect", "connect failures");
         // Nothing reached the backend: another one can take the request.
-        if ctx.tried.len() <= retries(ctx) {
+        if attempts(ctx) <= retries(ctx) {
             e.set_retry(true);
         }
         e
@@ -352,7 +347,7 @@ impl ProxyHttp for Proxy {
             req.method.is_idempotent()
         };
         let replayable = idempotent && !session.as_ref().retry_buffer_truncated();
-        if !replayable || ctx.upstream_status.is_some() || ctx.tried.len() > retries(ctx) {
+        if !replayable || ctx.upstream_status.is_some() || attempts(ctx) > retries(ctx) {
             // The request may have had effects, or the client already has
             // part of an answer: never replay it.
             e.set_retry(false);
@@ -434,7 +429,12 @@ impl ProxyHttp for Proxy {
                     .inc()
             }
         }
-        m.observe_duration(class, ctx.started.elapsed().as_secs_f64());
+        let took = ctx.started.elapsed();
+        if let (Some(u), Some(_), None) = (&ctx.upstream, ctx.upstream_status, ctx.failure) {
+            // Answered: what the backend took (a failure's time says little).
+            u.0.observe_latency(took);
+        }
+        m.observe_duration(class, took.as_secs_f64());
     }
 }
 
@@ -465,6 +465,11 @@ impl Proxy {
             tracing::warn!(id = %u.id, address = %u.addr, %reason, seconds = length.as_secs(), "backend ejected");
         }
     }
+}
+
+/// Backends tried so far, the current one included.
+fn attempts(ctx: &Ctx) -> usize {
+    ctx.tried.len() + usize::from(ctx.upstream.is_some())
 }
 
 /// Retries allowed for the request's service.

@@ -28,7 +28,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Algorithm;
-use crate::registry::{Slot, Upstream};
+use crate::registry::{Routable, Slot, Upstream};
 
 /// `lb.load_score`: how `least_loaded` weighs what it knows about a
 /// backend. The score is the weighted sum below, divided by the backend's
@@ -48,6 +48,14 @@ pub struct LoadScore {
     /// Points per percent of `gpu_usage` the backend reported (0–100); for
     /// GPU backends such as model servers. 0 = ignored.
     pub gpu: f64,
+    /// Response-time factor: when > 0 the score becomes
+    /// `(sum above + 1) × (1 + latency × the backend's response-time EWMA
+    /// in ms)`, as "peak EWMA" balancers do. Queue lengths alone send a
+    /// backend that is ten times slower about as many requests as the
+    /// others at equal queues; with this term its share falls with its
+    /// latency. The EWMA is this LB's own view (updated on every answer).
+    /// 0 = ignored.
+    pub latency: f64,
 }
 
 impl Default for LoadScore {
@@ -56,6 +64,7 @@ impl Default for LoadScore {
             in_flight: 4.0,
             reported: 1.0,
             gpu: 0.0,
+            latency: 0.0,
         }
     }
 }
@@ -67,7 +76,12 @@ impl LoadScore {
         let reported = u.reported_load.load(Ordering::Relaxed) as f64;
         // Stored in hundredths of a percent.
         let gpu = f64::from(u.gpu_usage.load(Ordering::Relaxed)) / 100.0;
-        self.in_flight * in_flight + self.reported * reported + self.gpu * gpu
+        let load = self.in_flight * in_flight + self.reported * reported + self.gpu * gpu;
+        if self.latency == 0.0 {
+            return load;
+        }
+        // +1: an idle slow backend still scores above an idle fast one.
+        (load + 1.0) * (1.0 + self.latency * u.latency_ms())
     }
 
     /// Every weight finite and ≥ 0 (`lb.load_score` validation).
@@ -76,6 +90,7 @@ impl LoadScore {
             ("in_flight", self.in_flight),
             ("reported", self.reported),
             ("gpu", self.gpu),
+            ("latency", self.latency),
         ] {
             if !w.is_finite() || w < 0.0 {
                 return Err(format!("{name} must be a number ≥ 0, got {w}"));
@@ -101,7 +116,12 @@ impl std::str::FromStr for LoadScore {
                 "in_flight" => score.in_flight = v,
                 "reported" => score.reported = v,
                 "gpu" => score.gpu = v,
-                other => return Err(format!("unknown key {other:?} (in_flight, reported, gpu)")),
+                "latency" => score.latency = v,
+                other => {
+                    return Err(format!(
+                        "unknown key {other:?} (in_flight, reported, gpu, latency)"
+                    ));
+                }
             }
         }
         score.check()?;
@@ -122,6 +142,8 @@ struct Table {
     order: Option<Vec<u32>>,
     /// The ketama ring, for `consistent_hash` only.
     ring: Option<Arc<KetamaHashing>>,
+    /// The published set this table was built from (`update` only).
+    source: Option<Arc<Routable>>,
 }
 
 /// The configured algorithm over the current routable set.
@@ -166,12 +188,13 @@ impl Selector {
     /// request path). Never fails; the `Result` keeps pingora's signature.
     pub async fn update(&self) -> pingora::Result<()> {
         if let Some(slot) = &self.slot {
-            let routable = slot.routable();
+            let routable = slot.routable_full();
             let members = routable.backends.iter().filter_map(|b| {
                 let u = routable.upstreams.get(b.addr.as_inet()?)?;
                 Some((Arc::clone(u), u32::try_from(b.weight).unwrap_or(u32::MAX)))
             });
-            self.set(members);
+            let table = self.build(members, Some(Arc::clone(&routable)));
+            self.table.store(Arc::new(table));
         }
         Ok(())
     }
@@ -179,6 +202,14 @@ impl Selector {
     /// Replace the set: each upstream with its weight (0 counts as 1).
     /// Duplicate addresses keep the first.
     pub fn set(&self, members: impl IntoIterator<Item = (Arc<Upstream>, u32)>) {
+        self.table.store(Arc::new(self.build(members, None)));
+    }
+
+    fn build(
+        &self,
+        members: impl IntoIterator<Item = (Arc<Upstream>, u32)>,
+        source: Option<Arc<Routable>>,
+    ) -> Table {
         let mut members: Vec<(Arc<Upstream>, u32)> = members.into_iter().collect();
         members.sort_by_key(|(u, _)| u.addr);
         members.dedup_by_key(|(u, _)| u.addr);
@@ -195,12 +226,13 @@ impl Selector {
             let set: BTreeSet<Backend> = backends.iter().cloned().collect();
             Arc::new(KetamaHashing::build(&set))
         });
-        self.table.store(Arc::new(Table {
+        Table {
             order: interleave(&weights),
             upstreams: members.into_iter().map(|(u, _)| u).collect(),
             backends,
             ring,
-        }));
+            source,
+        }
     }
 
     /// Whether the selection key matters (only for hashing).
@@ -222,18 +254,25 @@ impl Selector {
             .map(|i| Arc::clone(&t.upstreams[i]))
     }
 
-    /// [`Selector::pick`] in pingora's terms: the chosen `Backend` (a clone,
-    /// no allocation). `accept`'s second argument is always `true`: the set
-    /// holds routable backends only.
-    pub fn select_with(
+    /// [`Selector::pick`] on the request path: only a backend that is
+    /// live and still in `routable` (its service's current set) is offered
+    /// to `accept`. When this table was built from that very set (always,
+    /// but for the moment between a publication and this selector's
+    /// rebuild), membership is known and costs no lookup.
+    pub fn pick_routable(
         &self,
+        routable: &Arc<Routable>,
         key: &[u8],
         max: usize,
-        accept: impl Fn(&Backend, bool) -> bool,
-    ) -> Option<Backend> {
+        mut accept: impl FnMut(&Upstream) -> bool,
+    ) -> Option<Arc<Upstream>> {
         let t = self.table.load();
-        self.find(&t, key, max, |i| accept(&t.backends[i], true))
-            .map(|i| t.backends[i].clone())
+        let current = t.source.as_ref().is_some_and(|s| Arc::ptr_eq(s, routable));
+        self.find(&t, key, max, |i| {
+            let u = &t.upstreams[i];
+            u.live() && (current || routable.usable(&u.addr).is_some()) && accept(u)
+        })
+        .map(|i| Arc::clone(&t.upstreams[i]))
     }
 
     /// Index of the first accepted candidate.

@@ -1,5 +1,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use super::*;
 
@@ -116,8 +117,59 @@ fn load_score_weights_in_flight_reported_and_gpu() {
         in_flight: 1.0,
         reported: 0.0,
         gpu: 2.0,
+        latency: 0.0,
     };
     assert_eq!(gpu.of(&u), 2.0 + 101.0);
+}
+
+#[test]
+fn latency_term_multiplies_the_load_by_the_response_time() {
+    let u = upstream("10.0.0.1:80");
+    u.in_flight.store(2, Ordering::Relaxed);
+    let score = LoadScore {
+        latency: 0.5,
+        ..LoadScore::default()
+    };
+    // No answer yet: (8 + 1) × (1 + 0).
+    assert_eq!(score.of(&u), 9.0);
+    u.observe_latency(Duration::from_millis(4)); // first sample taken whole
+    assert_eq!(score.of(&u), 9.0 * 3.0);
+    // Then an EWMA with weight 1/8: 4 ms → 4 - 0.5 + 12/8 = 5 ms.
+    u.observe_latency(Duration::from_millis(12));
+    assert_eq!(u.latency_ms(), 5.0);
+    // The default ignores it.
+    assert_eq!(LoadScore::default().of(&u), 8.0);
+}
+
+#[test]
+fn least_loaded_with_a_latency_term_spares_the_slow_backend() {
+    let (slow, fast) = (upstream("10.0.0.1:80"), upstream("10.0.0.2:80"));
+    slow.observe_latency(Duration::from_millis(40));
+    fast.observe_latency(Duration::from_millis(4));
+    fast.in_flight.store(2, Ordering::Relaxed);
+    let members = [(&slow, 1), (&fast, 1)];
+    // Queues alone: the idle slow backend wins.
+    let plain = selector(Algorithm::LeastLoaded, &members);
+    assert_eq!(plain.pick(b"", 1, |_| true).unwrap().addr, slow.addr);
+    // (0+1)×(1+40) = 41 against (8+1)×(1+4) = 45: still slow...
+    let s = selector(Algorithm::LeastLoaded, &members).with_load_score(LoadScore {
+        latency: 1.0,
+        ..LoadScore::default()
+    });
+    assert_eq!(s.pick(b"", 1, |_| true).unwrap().addr, slow.addr);
+    // ...until the fast one holds one request fewer: 41 against 25.
+    fast.in_flight.store(1, Ordering::Relaxed);
+    assert_eq!(s.pick(b"", 1, |_| true).unwrap().addr, fast.addr);
+}
+
+#[test]
+fn a_stale_table_offers_only_members_of_the_current_set() {
+    let (a, b) = (upstream("10.0.0.1:80"), upstream("10.0.0.2:80"));
+    let s = selector(Algorithm::RoundRobin, &[(&a, 1), (&b, 1)]);
+    // Built by `set`, not from this set: membership is looked up, and an
+    // empty set has no members.
+    let empty = Arc::new(crate::registry::Routable::default());
+    assert!(s.pick_routable(&empty, b"", 256, |_| true).is_none());
 }
 
 #[test]
@@ -150,6 +202,9 @@ fn least_loaded_divides_by_weight() {
 fn load_score_parses_from_the_flag() {
     let s: LoadScore = "gpu=0.5, in_flight=2".parse().unwrap();
     assert_eq!((s.in_flight, s.reported, s.gpu), (2.0, 1.0, 0.5));
+    let s: LoadScore = "latency=0.25".parse().unwrap();
+    assert_eq!((s.in_flight, s.latency), (4.0, 0.25));
+    assert!("latency=-1".parse::<LoadScore>().is_err());
     assert!("gpu=-1".parse::<LoadScore>().is_err());
     assert!("cpu=1".parse::<LoadScore>().is_err());
     assert!("gpu".parse::<LoadScore>().is_err());
@@ -194,17 +249,6 @@ fn consistent_hash_keeps_a_key_on_one_backend() {
         })
         .collect();
     assert!(spread.len() >= 4);
-}
-
-#[test]
-fn select_with_answers_in_pingora_terms() {
-    let (a, b) = (upstream("10.0.0.1:80"), upstream("10.0.0.2:80"));
-    let s = selector(Algorithm::RoundRobin, &[(&a, 2), (&b, 1)]);
-    let got = s.select_with(b"", 256, |x, ready| {
-        ready && x.addr.as_inet() == Some(&b.addr)
-    });
-    let got = got.unwrap();
-    assert_eq!((got.addr.as_inet(), got.weight), (Some(&b.addr), 1));
 }
 
 #[test]

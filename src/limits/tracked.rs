@@ -16,6 +16,9 @@ use super::table::{Admission, BUSY, ConnState, HEAD, IDLE};
 const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\n\
 content-type: application/json\r\ncontent-length: 41\r\n\r\n{\"error\":\"request head took too long\"}\r\n";
 
+/// `Tracked::armed_ms` when the read timer holds no deadline.
+const NOT_ARMED: u64 = u64::MAX;
+
 /// An accepted stream under its listener's bounds.
 pub struct Tracked<S> {
     inner: S,
@@ -24,6 +27,9 @@ pub struct Tracked<S> {
     /// corrupt the stream).
     answer_408: bool,
     read_sleep: Pin<Box<Sleep>>,
+    /// The deadline (ms after the table's epoch) `read_sleep` is set to;
+    /// `NOT_ARMED` before the first wait and after a stale wake-up.
+    armed_ms: u64,
     write_sleep: Option<Pin<Box<Sleep>>>,
     closed: bool,
 }
@@ -43,6 +49,7 @@ impl<S> Tracked<S> {
             slot,
             answer_408,
             read_sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            armed_ms: NOT_ARMED,
             write_sleep: None,
             closed: false,
         }
@@ -91,15 +98,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tracked<S> {
         if this.closed {
             return Poll::Ready(Ok(()));
         }
-        let st = Arc::clone(&this.slot.state);
+        let st = &this.slot.state;
         st.waker.register(cx.waker());
         if st.evicted.load(Ordering::Acquire) {
             this.closed = true;
             return Poll::Ready(Ok(()));
         }
         let phase = st.phase.load(Ordering::Acquire);
-        let deadline = st.deadline_ms.load(Ordering::Acquire);
-        if phase != BUSY && st.now_ms() >= deadline {
+        // A head that trickles in byte by byte never lets the timer below
+        // fire, so its clock is read on every read. An idle connection's
+        // first byte starts a head instead; it needs no check here.
+        if phase == HEAD && st.now_ms() >= st.deadline_ms.load(Ordering::Acquire) {
             return this.expire(cx, phase);
         }
         let before = buf.filled().len();
@@ -114,17 +123,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tracked<S> {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending if phase == BUSY => Poll::Pending,
-            Poll::Pending => {
-                let at = st.epoch + Duration::from_millis(deadline);
-                if this.read_sleep.deadline() != at {
-                    this.read_sleep.as_mut().reset(at);
-                }
-                match this.read_sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => this.expire(cx, phase),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
+            Poll::Pending => this.wait_deadline(cx, phase),
         }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Tracked<S> {
+    /// A read is pending in a head or idle spell: wake at its deadline.
+    ///
+    /// The timer is moved only when the deadline comes earlier than where
+    /// it is set, or when it fires before a deadline that has since moved
+    /// later. Deadlines mostly move later (each answer pushes the idle one),
+    /// so a keep-alive connection re-arms about once per idle timeout, not
+    /// on every read: re-arming tokio's timer per read cost ~1k instructions
+    /// a request (bench part 6).
+    fn wait_deadline(&mut self, cx: &mut Context<'_>, phase: u8) -> Poll<io::Result<()>> {
+        // Two rounds: a stale wake-up re-arms once and then waits.
+        for _ in 0..2 {
+            let st = &self.slot.state;
+            let deadline = st.deadline_ms.load(Ordering::Acquire);
+            if deadline < self.armed_ms {
+                let at = st.epoch + Duration::from_millis(deadline);
+                self.read_sleep.as_mut().reset(at);
+                self.armed_ms = deadline;
+            }
+            if self.read_sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if st.now_ms() >= deadline {
+                return self.expire(cx, phase);
+            }
+            // Fired for an earlier deadline; the spell was extended since.
+            self.armed_ms = NOT_ARMED;
+        }
+        // The clock lags the timer by a tick: look again shortly.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -251,6 +285,32 @@ mod tests {
         client.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
         assert_eq!(table.open(), 0, "slot freed");
+    }
+
+    #[tokio::test]
+    async fn an_extended_idle_spell_outlives_the_first_timer() {
+        let table = ConnTable::new("t", limits(4));
+        let (_client, server) = tokio::io::duplex(1024);
+        let mut t = Tracked::new(server, table.admit().unwrap(), true);
+        t.state().begin_request();
+        t.state().end_request(); // idle until +300 ms
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 8];
+        let early = tokio::time::timeout(Duration::from_millis(150), t.read(&mut buf)).await;
+        assert!(early.is_err(), "still idle");
+        // Another answer pushes the deadline to +450 ms; the timer set for
+        // +300 ms fires first and must not end the connection.
+        t.state().begin_request();
+        t.state().end_request();
+        assert_eq!(
+            t.read(&mut buf).await.unwrap(),
+            0,
+            "EOF at the new deadline"
+        );
+        let lived = started.elapsed();
+        assert!(lived >= Duration::from_millis(440), "cut early: {lived:?}");
+        assert!(lived < Duration::from_secs(2), "{lived:?}");
+        assert_eq!(table.shed.idle_timeout.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

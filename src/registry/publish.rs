@@ -27,6 +27,11 @@ impl Slot {
         self.routable.load()
     }
 
+    /// The current set, to hold beyond a request (a selector's table).
+    pub fn routable_full(&self) -> Arc<Routable> {
+        self.routable.load_full()
+    }
+
     pub fn rules(&self) -> &ServiceRules {
         &self.rules
     }

@@ -27,6 +27,9 @@ pub struct Upstream {
     /// GPU usage the backend reported, in hundredths of a percent
     /// (0–10,000); `lb.load_score.gpu` weighs it.
     pub gpu_usage: AtomicU32,
+    /// EWMA of this LB's response times from the backend, in µs
+    /// (`lb.load_score.latency` weighs it).
+    latency_us: AtomicU64,
     /// Consecutive failures seen on live traffic (connect errors, 5xx).
     pub failures: AtomicU32,
     /// This backend's request counters.
@@ -48,6 +51,7 @@ impl Upstream {
             in_flight: AtomicU64::new(0),
             reported_load: AtomicU64::new(0),
             gpu_usage: AtomicU32::new(0),
+            latency_us: AtomicU64::new(0),
             failures: AtomicU32::new(0),
             requests: Default::default(),
             withdrawn: AtomicBool::new(false),
@@ -58,6 +62,25 @@ impl Upstream {
     pub fn with_protocol(mut self, protocol: Option<crate::protocol::Protocol>) -> Self {
         self.protocol = protocol;
         self
+    }
+
+    /// Fold one answer's response time into the EWMA (weight 1/8: a
+    /// backend that turns slow is seen within a few answers). Racing
+    /// updates from several threads may lose a sample; it is an estimate.
+    pub fn observe_latency(&self, took: std::time::Duration) {
+        let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let old = self.latency_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 8 + sample / 8
+        };
+        self.latency_us.store(new.max(1), Ordering::Relaxed);
+    }
+
+    /// The response-time EWMA in ms (0 before the first answer).
+    pub fn latency_ms(&self) -> f64 {
+        self.latency_us.load(Ordering::Relaxed) as f64 / 1000.0
     }
 
     /// Still in the registry and not withdrawn since the last publication.
