@@ -142,6 +142,14 @@ for r in $(seq "$ROUNDS"); do
       log "$sc $t round $r: the client failed (p7-load.log)"
     log "$sc $t round $r: $(cat "$W/p7-$sc-$t-$r.json" 2>/dev/null)"
     fact "p7.$sc.$t.status" ran
+    if [[ $t == roster* ]]; then
+      # The degraded backend's share of the answers, from both replicas.
+      share=$(for port in $P_A $P_B; do curl -s --max-time 5 "http://127.0.0.1:$((port + 1))/telemetry"; done |
+        awk -v slow="$SLOW:" '/^roster_lb_requests_total\{/ { n += $NF; if (index($0, "backend=\"" slow)) s += $NF }
+          END { if (n > 0) printf "%.4f", s / n; else print "n/a" }')
+      fact "p7.$sc.$t.slow_share" "$share"
+      log "$sc $t round $r: the degraded backend answered $share of the requests"
+    fi
     sig=INT; [ "$t" = haproxy ] && sig=TERM
     for p in "${REPLICAS[@]}"; do stop "$p" "$sig"; done
     sleep 2 # the degraded backend's queue drains before the next target

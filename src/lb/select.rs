@@ -32,9 +32,10 @@ use crate::registry::{Routable, Slot, Upstream};
 
 /// `lb.load_score`: how `least_loaded` weighs what it knows about a
 /// backend. The score is the weighted sum below, divided by the backend's
-/// weight; of two random candidates the lower score wins. The defaults are
-/// the score before this became configurable: a request this LB holds
-/// counts four times one the backend reports, GPU usage is ignored.
+/// weight; of two random candidates the lower score wins. By default a
+/// request this LB holds counts four times one the backend reports, GPU
+/// usage is ignored and response time is squared (bench part 7: with it the
+/// degraded backend's share fell from 6% to 0.1%, p99 from 23 to 7 ms).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoadScore {
@@ -48,12 +49,12 @@ pub struct LoadScore {
     /// Points per percent of `gpu_usage` the backend reported (0–100); for
     /// GPU backends such as model servers. 0 = ignored.
     pub gpu: f64,
-    /// Response-time factor: when > 0 the score becomes
-    /// `(sum above + 1) × (1 + latency × the backend's response-time EWMA
-    /// in ms)`, as "peak EWMA" balancers do. Queue lengths alone send a
-    /// backend that is ten times slower about as many requests as the
-    /// others at equal queues; with this term its share falls with its
-    /// latency. The EWMA is this LB's own view (updated on every answer).
+    /// Response-time exponent: when > 0 the score becomes
+    /// `(sum above + 1) × (1 + response-time EWMA in ms) ^ latency`, in the
+    /// spirit of "peak EWMA" balancers. Queue lengths alone send a backend
+    /// that is ten times slower about as many requests as the others at
+    /// equal queues; with 1 a backend twice as slow counts twice its load,
+    /// with 2 four times. The EWMA is this LB's own view (every answer).
     /// 0 = ignored.
     pub latency: f64,
 }
@@ -64,7 +65,7 @@ impl Default for LoadScore {
             in_flight: 4.0,
             reported: 1.0,
             gpu: 0.0,
-            latency: 0.0,
+            latency: 2.0,
         }
     }
 }
@@ -81,7 +82,7 @@ impl LoadScore {
             return load;
         }
         // +1: an idle slow backend still scores above an idle fast one.
-        (load + 1.0) * (1.0 + self.latency * u.latency_ms())
+        (load + 1.0) * (1.0 + u.latency_ms()).powf(self.latency)
     }
 
     /// Every weight finite and ≥ 0 (`lb.load_score` validation).

@@ -111,8 +111,9 @@ fn load_score_weights_in_flight_reported_and_gpu() {
     u.in_flight.store(2, Ordering::Relaxed);
     u.reported_load.store(3, Ordering::Relaxed);
     u.gpu_usage.store(5_050, Ordering::Relaxed); // 50.5 %
-    // The defaults: four points per own request, one per reported, no GPU.
-    assert_eq!(LoadScore::default().of(&u), 11.0);
+    // The defaults: four points per own request, one per reported, no GPU;
+    // + 1 for the response-time factor, which is 1 before any answer.
+    assert_eq!(LoadScore::default().of(&u), 12.0);
     let gpu = LoadScore {
         in_flight: 1.0,
         reported: 0.0,
@@ -127,39 +128,46 @@ fn latency_term_multiplies_the_load_by_the_response_time() {
     let u = upstream("10.0.0.1:80");
     u.in_flight.store(2, Ordering::Relaxed);
     let score = LoadScore {
-        latency: 0.5,
+        latency: 2.0,
         ..LoadScore::default()
     };
-    // No answer yet: (8 + 1) × (1 + 0).
+    // No answer yet: (8 + 1) × (1 + 0)².
     assert_eq!(score.of(&u), 9.0);
     u.observe_latency(Duration::from_millis(4)); // first sample taken whole
-    assert_eq!(score.of(&u), 9.0 * 3.0);
+    assert_eq!(score.of(&u), 9.0 * 25.0);
     // Then an EWMA with weight 1/8: 4 ms → 4 - 0.5 + 12/8 = 5 ms.
     u.observe_latency(Duration::from_millis(12));
     assert_eq!(u.latency_ms(), 5.0);
-    // The default ignores it.
-    assert_eq!(LoadScore::default().of(&u), 8.0);
+    // 0 ignores it.
+    let queues_only = LoadScore {
+        latency: 0.0,
+        ..LoadScore::default()
+    };
+    assert_eq!(queues_only.of(&u), 8.0);
 }
 
 #[test]
 fn least_loaded_with_a_latency_term_spares_the_slow_backend() {
     let (slow, fast) = (upstream("10.0.0.1:80"), upstream("10.0.0.2:80"));
-    slow.observe_latency(Duration::from_millis(40));
-    fast.observe_latency(Duration::from_millis(4));
+    slow.observe_latency(Duration::from_millis(39));
+    fast.observe_latency(Duration::from_millis(3));
     fast.in_flight.store(2, Ordering::Relaxed);
     let members = [(&slow, 1), (&fast, 1)];
     // Queues alone: the idle slow backend wins.
-    let plain = selector(Algorithm::LeastLoaded, &members);
+    let plain = selector(Algorithm::LeastLoaded, &members).with_load_score(LoadScore {
+        latency: 0.0,
+        ..LoadScore::default()
+    });
     assert_eq!(plain.pick(b"", 1, |_| true).unwrap().addr, slow.addr);
-    // (0+1)×(1+40) = 41 against (8+1)×(1+4) = 45: still slow...
+    // (0+1)×40 = 40 against (8+1)×4 = 36: the fast one, though busier...
     let s = selector(Algorithm::LeastLoaded, &members).with_load_score(LoadScore {
         latency: 1.0,
         ..LoadScore::default()
     });
-    assert_eq!(s.pick(b"", 1, |_| true).unwrap().addr, slow.addr);
-    // ...until the fast one holds one request fewer: 41 against 25.
-    fast.in_flight.store(1, Ordering::Relaxed);
     assert_eq!(s.pick(b"", 1, |_| true).unwrap().addr, fast.addr);
+    // ...until it holds one request more: (12+1)×4 = 52.
+    fast.in_flight.store(3, Ordering::Relaxed);
+    assert_eq!(s.pick(b"", 1, |_| true).unwrap().addr, slow.addr);
 }
 
 #[test]

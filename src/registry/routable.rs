@@ -68,7 +68,11 @@ impl Upstream {
     /// backend that turns slow is seen within a few answers). Racing
     /// updates from several threads may lose a sample; it is an estimate.
     pub fn observe_latency(&self, took: std::time::Duration) {
-        let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        // Not `as_micros` (a u128 division on every answer).
+        let sample = took
+            .as_secs()
+            .saturating_mul(1_000_000)
+            .saturating_add(u64::from(took.subsec_micros()));
         let old = self.latency_us.load(Ordering::Relaxed);
         let new = if old == 0 {
             sample
