@@ -183,6 +183,16 @@ wrk_run() {
   timeout $((DURATION + 30)) taskset -c "$LOAD_CPUS" \
     wrk -t"$LOAD_THREADS" -c"$CONNS" -d"${DURATION}s" --latency "$2" >"$1" 2>&1 || true
 }
+# pin_control_plane PID: every thread of a roster LB but its proxy workers
+# (named "proxy") moves to the load cores, so the proxy core runs requests
+# only; the checks and publication run on the "BG control" runtime.
+pin_control_plane() {
+  local t
+  for t in /proc/"$1"/task/*; do
+    [ "$(cat "$t/comm" 2>/dev/null)" = proxy ] && continue
+    taskset -p -c "$LOAD_CPUS" "${t##*/}" >/dev/null 2>&1 || true
+  done
+}
 roster_lb() { # NAME PORT EXTRA...: a roster LB on PORT (proxy) and PORT+1 (control)
   local name=$1 port=$2
   shift 2
@@ -273,6 +283,7 @@ if want 2 || want 3; then
   log "part 3: $BACKENDS backends checked every 5s"
   roster_lb r3 "$P_R3" --health-interval 5s --lease-ttl 1h --max-backends "$BACKENDS"
   R3_PID=$LAST_PID
+  pin_control_plane "$R3_PID"
   CTL3=$((P_R3 + 1))
   fact p3.rss_empty_kb "$(kb "$R3_PID" VmRSS)"
   c0=$(ticks "$R3_PID"); t0=$(now)
@@ -319,6 +330,7 @@ if want 2 || want 3; then
   log "part 2: roster with 10 vs $BACKENDS backends (${ROUNDS} rounds x ${DURATION}s)"
   roster_lb r10 "$P_R10" --health-interval 5s --lease-ttl 1h
   R10_PID=$LAST_PID
+  pin_control_plane "$R10_PID"
   farm register --lb "127.0.0.1:$((P_R10 + 1))" --count 10 --app-port "$P_GEN" \
     --metrics-port "$P_VITALS" >"$W/p2-register-10.json"
   farm wait-routable --lb "127.0.0.1:$((P_R10 + 1))" --count 10 --timeout 60s >/dev/null
