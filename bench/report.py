@@ -444,7 +444,7 @@ import report_parts  # noqa: E402 - beside this file
 
 report_parts.part6(F, add, targets, f)
 report_parts.part7(W, F, add, targets, f)
-report_parts.part8(W, F, add, f)
+report_parts.part8(W, F, add, f, targets)
 
 # ---------------------------------------------------------------- targets
 add("## Targets")

@@ -89,23 +89,25 @@ def part7(W, F, add, targets, f):
         "nginx `least_conn` and HAProxy `leastconn` count only their own connections. Both replicas pinned "
         "to the proxy core, client and backends to the load core. Bench: `bench/loadaware.sh`.")
     add("")
-    add("| scenario | LB pair | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | ok | errors |")
-    add("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    add("| scenario | LB pair | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | ok | errors | degraded share |")
+    add("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     summary = []
     for sc in scenarios:
         med = {}
         for t, label in names:
             rs = _results(W, sc, t)
             if not rs:
-                add(f"| {sc} | {label} | not run ({F.get(f'p7.{sc}.{t}.status', 'no result')}) | | | | | | |")
+                add(f"| {sc} | {label} | not run ({F.get(f'p7.{sc}.{t}.status', 'no result')}) | | | | | | | |")
                 continue
 
             def m(k):
                 vals = sorted(r.get(k, 0) for r in rs)
                 return vals[len(vals) // 2]
             v = med[t] = {k: m(k) for k in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "ok", "errors")}
+            share = F.get(f"p7.{sc}.{t}.slow_share")
+            share = f"{float(share) * 100:.2f}%" if share not in (None, "n/a") else "-"
             add(f"| {sc} | {label} | {f(v['p50_ms'], 2)} | {f(v['p90_ms'], 2)} | {f(v['p99_ms'], 2)} | "
-                f"{f(v['p999_ms'], 2)} | {f(v['max_ms'], 1)} | {f(v['ok'])} | {f(v['errors'])} |")
+                f"{f(v['p999_ms'], 2)} | {f(v['max_ms'], 1)} | {f(v['ok'])} | {f(v['errors'])} | {share} |")
         peers = [t for t in ("nginx", "haproxy") if t in med]
         if "roster-ll" in med and peers:
             best = min(med[t]["p99_ms"] for t in peers)
@@ -129,7 +131,7 @@ def _wrk_rps(path):
     return None
 
 
-def part8(W, F, add, f):
+def part8(W, F, add, f, targets):
     """Part 8: one LB tier for many services."""
     if "p8.services" not in F:
         return
@@ -150,6 +152,8 @@ def part8(W, F, add, f):
     add(f"| req/s (median) | {med['one'] or '-'} | {med['many'] or '-'} | "
         f"{f'{ratio:.3f}×' if ratio else '-'} ({'met' if ratio and ratio >= 0.95 else 'missed'}) |")
     add(f"| RSS | {F.get('p8.rss_one_kb', '-')} kB | {F.get('p8.rss_many_kb', '-')} kB | |")
+    targets.append(("1,000 services vs one (part 8)", "≥ 0.95× req/s",
+                    f"{ratio:.3f}×" if ratio else "not run", None if ratio is None else ratio >= 0.95))
     add("")
     add(f"All {F.get('backends')} routable {F.get('p8.all_routable_s', '?')} s after the first registration; "
         f"with every backend checked every 5 s the LB used {F.get('p8.checks.cpu_percent', '?')}% of a core "
