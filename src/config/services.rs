@@ -281,5 +281,13 @@ mod tests {
             serde_yaml::from_str("services:\n  web: {panic_threshold: 101}\n").unwrap();
         let e = bad.validate_lb().unwrap_err().to_string();
         assert!(e.contains("services.web"), "{e}");
+        let bad: Config =
+            serde_yaml::from_str("services:\n  web: {tls: {verify: false, ca_file: /ca.pem}}\n")
+                .unwrap();
+        let e = bad.validate_lb().unwrap_err().to_string();
+        assert!(
+            e.contains("services.web") && e.contains("tls.ca_file"),
+            "{e}"
+        );
     }
 }
