@@ -146,7 +146,7 @@ def command():
     defaults = {"BENCH_DURATION": "10", "BENCH_ROUNDS": "3", "BENCH_CONNECTIONS": "64",
                 "BENCH_THREADS": "1", "BENCH_BACKENDS": "10000", "BENCH_CPU_SECONDS": "30",
                 "BENCH_AGENT_SECONDS": "60", "BENCH_ABUSE_SECONDS": "30", "BENCH_ABUSE_IDLE": "2000",
-                "BENCH_ABUSE_SLOW": "300", "BENCH_PARTS": "1 2 3 4 5 6 7"}
+                "BENCH_ABUSE_SLOW": "300", "BENCH_PARTS": "1 2 3 4 5 6 7 8 9"}
     for k, d in defaults.items():
         v = os.environ.get(k)
         if v is not None and v != d:
@@ -445,6 +445,7 @@ import report_parts  # noqa: E402 - beside this file
 report_parts.part6(F, add, targets, f)
 report_parts.part7(W, F, add, targets, f)
 report_parts.part8(W, F, add, f, targets)
+report_parts.part9(W, F, add, f)
 
 # ---------------------------------------------------------------- targets
 add("## Targets")

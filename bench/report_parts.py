@@ -3,6 +3,7 @@ BENCHMARKS.md, for bench/report.py. Standard library only."""
 
 import json
 import os
+import re
 
 SIZES = ("3", "1024", "65536", "1048576")
 SIZE_NAME = {"3": "3 B", "1024": "1 KB", "65536": "64 KB", "1048576": "1 MB"}
@@ -158,4 +159,84 @@ def part8(W, F, add, f, targets):
     add(f"All {F.get('backends')} routable {F.get('p8.all_routable_s', '?')} s after the first registration; "
         f"with every backend checked every 5 s the LB used {F.get('p8.checks.cpu_percent', '?')}% of a core "
         f"(RSS {F.get('p8.checks.rss_kb', '?')} kB).")
+    add("")
+
+
+def _h2load(path):
+    """req/s, mean latency (ms) and failed requests of one h2load run."""
+    r = {"rps": None, "mean": None, "bad": 0}
+    try:
+        text = open(path).read()
+    except OSError:
+        return r
+    m = re.search(r"^finished in [\d.]+\w+, ([\d.]+) req/s", text, re.M)
+    if m:
+        r["rps"] = float(m.group(1))
+    m = re.search(r"^requests: (\d+) total", text, re.M)
+    ok = re.search(r"^status codes: (\d+) 2xx", text, re.M)
+    if m:
+        r["bad"] = int(m.group(1)) - (int(ok.group(1)) if ok else 0)
+    m = re.search(r"^time for request:\s+\S+\s+\S+\s+(\S+)", text, re.M)
+    if m:
+        v = re.fullmatch(r"([\d.]+)(us|ms|s)", m.group(1))
+        if v:
+            r["mean"] = float(v.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[v.group(2)]
+    return r
+
+
+def _wrk(path):
+    r = {"rps": _wrk_rps(path), "mean": None, "bad": 0}
+    try:
+        text = open(path).read()
+    except OSError:
+        return r
+    m = re.search(r"^\s+Latency\s+([\d.]+)(us|ms|s)", text, re.M)
+    if m:
+        r["mean"] = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+    for pat in (r"Non-2xx or 3xx responses: (\d+)", r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)"):
+        m = re.search(pat, text)
+        if m:
+            r["bad"] += sum(int(x) for x in m.groups())
+    return r
+
+
+def part9(W, F, add, f):
+    """Part 9: h2c and TLS through roster, nginx and HAProxy."""
+    if "p9.streams" not in F:
+        return
+    rounds = int(F.get("rounds", "0") or 0)
+    targets = ("roster", "nginx", "haproxy")
+    rows = (("h2c", f"h2c, prior knowledge, {F['p9.streams']} streams/conn (h2load)", _h2load),
+            ("tls-h1", "TLS HTTP/1.1 (wrk)", _wrk),
+            ("tls-h2", f"TLS HTTP/2, ALPN h2, {F['p9.streams']} streams/conn (h2load)", _h2load))
+    add("## 9. Protocols: h2c and TLS")
+    add("")
+    add("roster, nginx and HAProxy with the same certificate (ECDSA P-256) and the same four backends "
+        "(HTTP/1.1 keep-alive upstream for all three), placed as in part 1; "
+        f"{F.get('connections')} client connections, {F.get('duration')} s per run, {rounds} alternating "
+        f"rounds after a 2 s warm-up, medians. {F.get('p9.h2load_version', 'h2load')}. "
+        "Mean latency is per request (h2load: `time for request` mean; wrk: `Latency` avg).")
+    add("")
+    add("| row | roster req/s | nginx req/s | HAProxy req/s | roster/nginx | roster/HAProxy "
+        "| mean ms roster / nginx / HAProxy | failed |")
+    add("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
+    for row, label, parse in rows:
+        med, mean, bad = {}, {}, {}
+        for t in targets:
+            rs = [parse(os.path.join(W, f"p9-{row}-{t}-{r}.txt")) for r in range(1, rounds + 1)]
+            rps = sorted(x["rps"] for x in rs if x["rps"] is not None)
+            ms = sorted(x["mean"] for x in rs if x["mean"] is not None)
+            med[t] = rps[len(rps) // 2] if rps else None
+            mean[t] = ms[len(ms) // 2] if ms else None
+            bad[t] = sum(x["bad"] for x in rs)
+
+        def rel(a, b):
+            return f"{med[a] / med[b]:.2f}×" if med[a] and med[b] else "-"
+        add(f"| {label} | {f(med['roster'])} | {f(med['nginx'])} | {f(med['haproxy'])} | "
+            f"{rel('roster', 'nginx')} | {rel('roster', 'haproxy')} | "
+            f"{' / '.join(f(mean[t], 2) for t in targets)} | "
+            f"{' / '.join(str(bad[t]) for t in targets)} |")
+    add("")
+    add(f"roster RSS after the part: {F.get('p9.roster_rss_kb', '-')} kB. Raw runs: `p9-ROW-TARGET-ROUND.txt` "
+        "(`BENCH_KEEP=1`).")
     add("")

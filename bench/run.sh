@@ -18,6 +18,9 @@
 #      (bench/instructions.sh)
 #   7. load-aware selection: two LB replicas, four backends, one degraded,
 #      open-loop load (bench/loadaware.sh, examples/loadaware.rs)
+#   9. protocols: h2c (h2load), TLS HTTP/1.1 (wrk) and TLS HTTP/2 (h2load)
+#      through roster, nginx and HAProxy, same certificate and backends,
+#      placed as part 1 (bench/protocols.sh; needs nghttp2-client)
 #
 # Loopback only; every process it starts is stopped by PID on exit; every
 # load loop is bounded in count and time. Knobs (environment):
@@ -27,7 +30,8 @@
 #   BENCH_OUT=BENCHMARKS.md  BENCH_KEEP=1 (keep the work dir with all logs)
 #   BENCH_ABUSE_SECONDS=30 (part 5 window per listener)  BENCH_ABUSE_IDLE=2000
 #   BENCH_ABUSE_SLOW=300 (part 5 idle / slowloris connections)
-#   BENCH_SKIP_BUILD=1  BENCH_PARTS="1 2 3 4 5 6 7 8"  BENCH_SERVICES=1000 (part 8)
+#   BENCH_SKIP_BUILD=1  BENCH_PARTS="1 2 3 4 5 6 7 8 9"  BENCH_SERVICES=1000 (part 8)
+#   BENCH_STREAMS=10 (part 9: h2 streams per connection)
 #   part 6: BENCH_CG_COUNT BENCH_CG_WARM BENCH_CG_SIZES BENCH_CG_TARGETS
 #   part 7: BENCH_LA_RATE BENCH_LA_SECONDS BENCH_LA_ROUNDS ... (see the scripts)
 #   BENCH_PROFILE=debug (only to develop this script: numbers are meaningless)
@@ -49,7 +53,7 @@ OUT=${BENCH_OUT:-BENCHMARKS.md}
 ABUSE_SECONDS=${BENCH_ABUSE_SECONDS:-30}
 ABUSE_IDLE=${BENCH_ABUSE_IDLE:-2000}
 ABUSE_SLOW=${BENCH_ABUSE_SLOW:-300}
-PARTS=${BENCH_PARTS:-1 2 3 4 5 6 7 8}
+PARTS=${BENCH_PARTS:-1 2 3 4 5 6 7 8 9}
 
 # Configuration comes from the flags below only.
 for v in $(env | grep -o '^ROSTER_[A-Z_]*' || true); do unset "$v"; done
@@ -534,6 +538,13 @@ if want 8; then
   fact p8.rss_one_kb "$(kb "$R8ONE_PID" VmRSS)"
   stop "$R8ONE_PID"
   stop "$R8_PID"
+fi
+
+# ---------------------------------------------------------------- part 9
+if want 9; then
+  log "part 9: h2c, TLS HTTP/1.1, TLS HTTP/2: roster vs nginx vs HAProxy (${ROUNDS} rounds x ${DURATION}s)"
+  export P_APP P_VITALS DURATION ROUNDS CONNS THREADS
+  bench/protocols.sh "$W" || log "  part 9 failed"
 fi
 
 stop "$FARM_PID"

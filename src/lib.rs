@@ -61,4 +61,6 @@ pub enum Error {
     Bootstrap(#[from] inject::bootstrap::BootstrapError),
     #[error("lb.tls: {0}")]
     Tls(#[from] lb::tls::TlsError),
+    #[error(transparent)]
+    UpstreamTls(#[from] lb::upstream_tls::UpstreamTlsError),
 }

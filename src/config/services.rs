@@ -104,6 +104,12 @@ pub struct ServiceConfig {
     /// (default `lb.upstream_protocol`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol: Option<crate::protocol::Protocol>,
+    /// TLS toward the backends: `true` (certificate checked against the
+    /// system roots, no SNI), or `{sni, ca_file, verify}`. `protocol`
+    /// then picks ALPN: `http1` offers `http/1.1`, `h2c` offers `h2`
+    /// only, `auto` offers both. Vitals checks stay plain HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::lb::upstream_tls::TlsSetting>,
     /// Vitals check overrides.
     pub health_check: ServiceCheckConfig,
 }
@@ -194,6 +200,9 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             message,
         };
         validate_name(Field::Service, name).map_err(|e| fail(e.to_string()))?;
+        if let Some(tls) = s.tls.as_ref().and_then(|t| t.get()) {
+            tls.validate().map_err(fail)?;
+        }
         if s.panic_threshold
             .is_some_and(|p| !(0.0..=100.0).contains(&p))
         {
@@ -272,5 +281,13 @@ mod tests {
             serde_yaml::from_str("services:\n  web: {panic_threshold: 101}\n").unwrap();
         let e = bad.validate_lb().unwrap_err().to_string();
         assert!(e.contains("services.web"), "{e}");
+        let bad: Config =
+            serde_yaml::from_str("services:\n  web: {tls: {verify: false, ca_file: /ca.pem}}\n")
+                .unwrap();
+        let e = bad.validate_lb().unwrap_err().to_string();
+        assert!(
+            e.contains("services.web") && e.contains("tls.ca_file"),
+            "{e}"
+        );
     }
 }

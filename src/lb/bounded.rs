@@ -9,6 +9,12 @@
 //! ([`head_done`], [`request_done`]) and sets pingora's own body read and
 //! write timeouts per request.
 //!
+//! On the TLS port the wrapper runs the handshake itself, after taking the
+//! slot and within the listener's head deadline (`header_timeout`, from
+//! accept): pingora's own listener gives a handshake 60 s, fixed, before
+//! the app sees the connection, so a client that never sends a
+//! ClientHello held a socket outside the table for a minute.
+//!
 //! HTTP/2 (h2c by prior knowledge, or ALPN `h2` under TLS) multiplexes
 //! requests on one connection, so the per-request phases do not apply:
 //! such a connection counts as busy for its life, and pingora's own h2
@@ -20,6 +26,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
+use pingora::listeners::tls::Acceptor;
 use pingora::protocols::SocketDigest;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::raw_connect::ProxyDigest;
@@ -43,6 +50,8 @@ pub struct Bounded<A> {
     /// The same app with pingora's `h2c` option, for plaintext connections
     /// that open with the h2 preface; None when `lb.h2c` is off.
     pub h2c: Option<Arc<A>>,
+    /// The TLS port's acceptor: the handshake runs here, bounded.
+    pub tls: Option<Arc<Acceptor>>,
     pub table: Arc<ConnTable>,
 }
 
@@ -61,6 +70,28 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Bounded<A> {
             .await;
             return None;
         };
+        if let Some(acceptor) = &self.tls {
+            // The listener is plain TCP: its streams are pingora's L4 ones.
+            let Ok(l4) = session.into_any().downcast::<L4Stream>() else {
+                return None;
+            };
+            let limit = slot.state().limits().header_timeout;
+            let handshake = pingora::protocols::tls::server::handshake(acceptor, *l4);
+            match tokio::time::timeout(limit, handshake).await {
+                Ok(Ok(tls)) => session = Box::new(tls),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    return None;
+                }
+                Err(_) => {
+                    self.table
+                        .shed
+                        .header_timeout
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return None;
+                }
+            }
+        }
         let plaintext = session.get_ssl_digest().is_none();
         let (session, h2c) = match &self.h2c {
             Some(app) if plaintext => {

@@ -21,6 +21,7 @@ pub mod select;
 pub mod tls;
 pub mod ui;
 pub mod upgrade;
+pub mod upstream_tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -100,7 +101,7 @@ impl State {
             auth,
             readiness: Readiness::new(config.lb.warmup, hc.interval * 2),
             registry,
-            pools: Pools::default(),
+            pools: Pools::new(&config)?,
             routes: ArcSwap::from_pointee(routes),
             route_error: Mutex::new(None),
             config,
@@ -196,33 +197,48 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
     Ok(l)
 }
 
-/// The proxy service: the plaintext listener (HTTP/1.1, and h2c when
-/// `lb.h2c`), and the TLS listener when certificates are configured.
-fn proxy_service(
+/// The proxy services: the plaintext listener (HTTP/1.1, and h2c when
+/// `lb.h2c`), and the TLS listener when certificates are configured. The
+/// TLS port is a plain TCP listener whose app runs the handshake, bounded
+/// by the head deadline ([`bounded`]).
+fn proxy_services(
     server: &Server,
     state: &Arc<State>,
     certs: Option<&Arc<tls::CertStore>>,
     upgrades: &Arc<upgrade::Upgrades>,
-) -> Result<pingora::services::listening::Service<ProxyApp>, Error> {
+) -> Result<Vec<pingora::services::listening::Service<ProxyApp>>, Error> {
     let lb = &state.config.lb;
+    let inner = Arc::new(proxy_app(server, state, upgrades, false));
     let mut proxy = pingora::services::listening::Service::new(
         "proxy".into(),
         bounded::Bounded {
-            inner: Arc::new(proxy_app(server, state, upgrades, false)),
+            inner: Arc::clone(&inner),
             h2c: lb
                 .h2c
                 .then(|| Arc::new(proxy_app(server, state, upgrades, true))),
+            tls: None,
             table: Arc::clone(&state.proxy_conns),
         },
     );
     proxy.add_tcp(&lb.listen.to_string());
+    let mut services = vec![proxy];
     if let Some(certs) = certs {
         let settings = certs
             .settings()
             .map_err(|e| Error::Http(format!("TLS listener: {e}")))?;
-        proxy.add_tls_with_settings(&lb.tls.listen.to_string(), None, settings);
+        let mut tls = pingora::services::listening::Service::new(
+            "proxy-tls".into(),
+            bounded::Bounded {
+                inner,
+                h2c: None,
+                tls: Some(Arc::new(settings.build())),
+                table: Arc::clone(&state.proxy_conns),
+            },
+        );
+        tls.add_tcp(&lb.tls.listen.to_string());
+        services.push(tls);
     }
-    Ok(proxy)
+    Ok(services)
 }
 
 type ProxyApp = bounded::Bounded<pingora::proxy::HttpProxy<proxy::Proxy>>;
@@ -291,7 +307,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let upgrades = Arc::new(upgrade::Upgrades::default());
-    let proxy = proxy_service(&server, &state, certs.as_ref(), &upgrades)?;
+    let proxy = proxy_services(&server, &state, certs.as_ref(), &upgrades)?;
     // Either the control service says the drain is done (idle before the
     // grace period ends) or pingora's own shutdown finishes: whichever
     // comes first ends `run`, and with it the process.
@@ -315,7 +331,9 @@ pub fn run(config: Config) -> Result<(), Error> {
         threads,
         "roster lb starting"
     );
-    server.add_service(proxy);
+    for p in proxy {
+        server.add_service(p);
+    }
     server.add_service(control);
     let signals = Box::new(control::Signals::new(Arc::clone(&state)));
     std::thread::Builder::new()

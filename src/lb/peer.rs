@@ -8,6 +8,7 @@ use std::time::Duration;
 use pingora::prelude::HttpPeer;
 use pingora::protocols::ALPN;
 
+use super::upstream_tls::PeerTls;
 use crate::config::LbConfig;
 use crate::protocol::Protocol;
 
@@ -19,9 +20,18 @@ const H2_STREAMS: usize = 100;
 /// and finds a dead one.
 const H2_PING: Duration = Duration::from_secs(30);
 
-/// The peer for `addr`, speaking `protocol`, under `lb`'s timeouts.
-pub fn build(addr: SocketAddr, protocol: Protocol, lb: &LbConfig) -> HttpPeer {
+/// The peer for `addr`, speaking `protocol` (over `tls` when the service
+/// has it: ALPN then offers what `protocol` allows), under `lb`'s timeouts.
+pub fn build(
+    addr: SocketAddr,
+    protocol: Protocol,
+    tls: Option<&PeerTls>,
+    lb: &LbConfig,
+) -> HttpPeer {
     let mut peer = HttpPeer::new(addr, false, String::new());
+    if let Some(tls) = tls {
+        tls.apply(&mut peer, addr);
+    }
     let o = &mut peer.options;
     o.connection_timeout = Some(lb.connect_timeout);
     o.total_connection_timeout = Some(lb.connect_timeout);
@@ -53,7 +63,8 @@ pub fn deadline(peer: &mut HttpPeer, deadline: Duration) {
 
 /// pingora's ALPN for a protocol. Over cleartext pingora takes a minimum
 /// of h2 as prior knowledge (h2c), and a minimum of h1 as h1, so `auto`
-/// negotiates only where ALPN exists (TLS).
+/// negotiates only where ALPN exists (TLS); over TLS `h2c` offers `h2`
+/// alone.
 fn alpn(protocol: Protocol) -> ALPN {
     match protocol {
         Protocol::Http1 => ALPN::H1,
@@ -70,17 +81,21 @@ mod tests {
     fn protocol_sets_alpn_and_timeouts() {
         let lb = LbConfig::default();
         let addr = "127.0.0.1:80".parse().unwrap();
-        let p = build(addr, Protocol::Http1, &lb);
+        let p = build(addr, Protocol::Http1, None, &lb);
         assert_eq!(p.options.alpn, ALPN::H1);
         assert_eq!(p.options.read_timeout, Some(lb.read_timeout));
         assert_eq!(p.options.connection_timeout, Some(lb.connect_timeout));
-        let p = build(addr, Protocol::H2c, &lb);
+        let p = build(addr, Protocol::H2c, None, &lb);
         assert_eq!(p.options.alpn, ALPN::H2);
         assert_eq!(p.options.max_h2_streams, H2_STREAMS);
-        let p = build(addr, Protocol::Auto, &lb);
+        let p = build(addr, Protocol::Auto, None, &lb);
         assert_eq!(p.options.alpn, ALPN::H2H1);
         assert_eq!(p.options.alpn.get_min_http_version(), 1);
-        let mut p = build(addr, Protocol::Http1, &lb);
+        let tls = PeerTls::load("s", &Default::default()).unwrap();
+        let p = build(addr, Protocol::H2c, Some(&tls), &lb);
+        assert!(p.is_tls());
+        assert_eq!(p.options.alpn, ALPN::H2, "over TLS: ALPN h2 only");
+        let mut p = build(addr, Protocol::Http1, None, &lb);
         upgraded(&mut p, &lb);
         assert_eq!(p.options.read_timeout, Some(lb.websocket_idle_timeout));
         deadline(&mut p, Duration::from_millis(1500));

@@ -2,13 +2,16 @@
 //! request-path settings. The proxy finds a pool by name in O(1); the
 //! publisher rebuilds only the pools whose service changed.
 
-use fnv::FnvHashMap;
+use std::collections::HashMap;
 use std::sync::Arc;
+
+use fnv::FnvHashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 
 use super::select::Selector;
+use super::upstream_tls::{PeerTls, UpstreamTlsError};
 use crate::config::{Config, ServiceSettings};
 use crate::registry::{Registry, Slot};
 
@@ -17,6 +20,8 @@ pub struct Pool {
     pub slot: Arc<Slot>,
     pub selector: Selector,
     pub settings: ServiceSettings,
+    /// TLS toward the backends (`services.<name>.tls`), None for plaintext.
+    pub tls: Option<Arc<PeerTls>>,
     /// Last published panic state, to log flips once.
     panic: AtomicBool,
 }
@@ -34,6 +39,8 @@ impl Pool {
 #[derive(Default)]
 pub struct Pools {
     map: ArcSwap<FnvHashMap<Arc<str>, Arc<Pool>>>,
+    /// Each TLS service's settings, loaded once at start.
+    tls: HashMap<String, Arc<PeerTls>>,
 }
 
 /// What publishing one service changed, for logs and gauges.
@@ -44,6 +51,21 @@ pub struct Published {
 }
 
 impl Pools {
+    /// No pools yet; the upstream TLS of `config`'s services loaded (their
+    /// CA files read), or the first that cannot be.
+    pub fn new(config: &Config) -> Result<Self, UpstreamTlsError> {
+        let mut tls = HashMap::new();
+        for (name, s) in &config.services {
+            if let Some(t) = s.tls.as_ref().and_then(|t| t.get()) {
+                tls.insert(name.clone(), Arc::new(PeerTls::load(name, &t)?));
+            }
+        }
+        Ok(Self {
+            map: ArcSwap::default(),
+            tls,
+        })
+    }
+
     /// The pool of `service` (lock-free).
     pub fn get(&self, service: &str) -> Option<Arc<Pool>> {
         self.map.load().get(service).cloned()
@@ -86,11 +108,13 @@ impl Pools {
 
     fn insert(&self, config: &Config, slot: Arc<Slot>) -> Arc<Pool> {
         let settings = config.service_settings(slot.name());
+        let slot_name = Arc::clone(slot.name());
         let pool = Arc::new(Pool {
             selector: Selector::new(settings.algorithm, Arc::clone(&slot))
                 .with_load_score(config.lb.load_score),
             slot,
             settings,
+            tls: self.tls.get(&*slot_name).cloned(),
             panic: AtomicBool::new(false),
         });
         self.map.rcu(|m| {

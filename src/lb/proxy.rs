@@ -208,7 +208,7 @@ impl ProxyHttp for Proxy {
         } else {
             protocol
         };
-        let mut peer = peer::build(addr, protocol, lb);
+        let mut peer = peer::build(addr, protocol, pool.tls.as_deref(), lb);
         if ctx.upgrade {
             peer::upgraded(&mut peer, lb);
         }

@@ -118,20 +118,6 @@ impl std::str::FromStr for CertPair {
     }
 }
 
-/// TLS toward a backend (per service, wired by the services layer).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct UpstreamTls {
-    /// Speak TLS to the backend.
-    pub enabled: bool,
-    /// Name sent as SNI and verified in the backend's certificate; empty =
-    /// no SNI and no hostname check.
-    pub sni: Option<String>,
-    /// CA bundle (PEM) the backend's certificate must chain to; null = the
-    /// system roots.
-    pub ca_file: Option<PathBuf>,
-}
-
 /// The files of one pair as last read, to notice a change by content
 /// (a Secret update swaps a symlink; mtimes may not move).
 #[derive(PartialEq, Eq)]
