@@ -188,12 +188,12 @@ wrk_run() {
     wrk -t"$LOAD_THREADS" -c"$CONNS" -d"${DURATION}s" --latency "$2" >"$1" 2>&1 || true
 }
 # pin_control_plane PID: every thread of a roster LB but its proxy workers
-# (named "proxy") moves to the load cores, so the proxy core runs requests
+# (named "proxy", "proxy-tls") moves to the load cores, so the proxy core runs requests
 # only; the checks and publication run on the "BG control" runtime.
 pin_control_plane() {
   local t
   for t in /proc/"$1"/task/*; do
-    [ "$(cat "$t/comm" 2>/dev/null)" = proxy ] && continue
+    [[ "$(cat "$t/comm" 2>/dev/null)" == proxy* ]] && continue
     taskset -p -c "$LOAD_CPUS" "${t##*/}" >/dev/null 2>&1 || true
   done
 }

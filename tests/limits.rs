@@ -148,7 +148,7 @@ async fn proxy_port_sheds_slow_and_idle_clients() {
 #[tokio::test]
 async fn proxy_port_cuts_a_client_that_stops_reading() {
     const BIG: usize = 64 << 20;
-    let ip = "127.0.0.66";
+    let ip = "127.0.0.68";
     let vitals = Backend::start("big", ip).await;
     let app = axum::Router::new().fallback(|| async { vec![b'x'; BIG] });
     let big = common::Server::start(common::any_port(ip), app).await;
@@ -385,6 +385,42 @@ async fn a_full_listener_evicts_idle_connections() {
             .status(),
         200
     );
+}
+
+/// HTTP/2 connections count as busy only while a stream is open: a full
+/// proxy table evicts a quiet one (the client preface and SETTINGS, then
+/// nothing) for a newcomer instead of refusing it.
+#[tokio::test]
+async fn a_full_proxy_evicts_quiet_h2_connections() {
+    const PREFACE_AND_SETTINGS: &[u8] =
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    let ip = "127.0.0.69";
+    let b = Backend::start("b1", ip).await;
+    let lb = Lb::start(ip, &["--proxy-max-connections", "2"]).await;
+    lb.register("b1", b.addr(), b.metrics_port()).await;
+    lb.wait_backends(&[b.addr()], Duration::from_secs(10)).await;
+    let _h2a = open(lb.proxy, PREFACE_AND_SETTINGS).await;
+    let _h2b = open(lb.proxy, PREFACE_AND_SETTINGS).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut s = open(
+        lb.proxy,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let (_, answer) = until_closed(&mut s, SHED_BY)
+        .await
+        .expect("the newcomer was answered and closed");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let text = lb.telemetry().await;
+    let evicted = common::metric(
+        &text,
+        "roster_lb_connections_shed_total{listener=\"proxy\",reason=\"evicted\"}",
+    );
+    assert_eq!(evicted, Some(1.0), "{text}");
 }
 
 /// The webhook: a TCP connection that never starts its TLS handshake, and

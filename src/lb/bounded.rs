@@ -109,7 +109,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Bounded<A> {
         // Raw bytes would corrupt a TLS stream: no 408 there.
         let tracked = Tracked::new(session, slot, plaintext);
         if h2 {
-            tracked.state().begin_request();
+            // Its streams find it by the socket digest they share.
+            tracked.state().multiplexed();
+            if let Some(key) = tracked.get_socket_digest().as_ref().map(mux_key) {
+                self.table.index_mux(key, tracked.state());
+            }
         }
         let tracked: Stream = Box::new(tracked);
         // pingora loops over keep-alive requests inside `process_new`, so
@@ -161,7 +165,9 @@ fn conn(session: &Session) -> Option<&Arc<ConnState>> {
 }
 
 /// The request head is in: stop the head clock and bound the body's reads
-/// by `body_timeout`.
+/// by `body_timeout`. On HTTP/2 the request is a stream of a multiplexed
+/// connection: the returned guard counts it open until dropped (a
+/// connection with no open stream may be evicted by a newcomer).
 ///
 /// On HTTP/1 the rest is [`Tracked`]'s: it fails a write that makes no
 /// progress for `body_timeout` and closes a connection idle for
@@ -170,16 +176,37 @@ fn conn(session: &Session) -> Option<&Arc<ConnState>> {
 /// bench part 6). HTTP/2 multiplexes streams that a client can stall by
 /// flow control while the connection moves, so there pingora's per-stream
 /// write timeout stays.
-pub fn head_done(session: &mut Session) {
-    let Some(state) = conn(session).cloned() else {
-        return;
-    };
-    state.begin_request();
-    let l = *state.limits();
-    session.set_read_timeout(Some(l.body_timeout));
+pub fn head_done(session: &mut Session, table: &ConnTable) -> Option<OpenStream> {
     if session.as_downstream().is_http2() {
+        let state = table.mux(session.digest()?.socket_digest.as_ref().map(mux_key)?)?;
+        let l = *state.limits();
+        session.set_read_timeout(Some(l.body_timeout));
         session.set_write_timeout(Some(l.body_timeout));
+        state.stream_opened();
+        return Some(OpenStream(state));
     }
+    let timeout = {
+        let state = conn(session)?;
+        state.begin_request();
+        state.limits().body_timeout
+    };
+    session.set_read_timeout(Some(timeout));
+    None
+}
+
+/// An HTTP/2 request's stream, open until dropped.
+pub struct OpenStream(Arc<ConnState>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.stream_closed();
+    }
+}
+
+/// The key a multiplexed connection is indexed under: the address of the
+/// socket digest pingora shares between the connection and its streams.
+fn mux_key(digest: &Arc<SocketDigest>) -> usize {
+    Arc::as_ptr(digest) as usize
 }
 
 /// The answer is done: the idle clock runs until the next request.

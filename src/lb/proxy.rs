@@ -12,6 +12,7 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use super::bounded::OpenStream;
 use super::grpc::{self, Verdict};
 use super::pools::Pool;
 use super::routes::host_of;
@@ -86,6 +87,8 @@ pub struct Ctx {
     upgrade: bool,
     /// Its upstream socket, listed for shutdown.
     _listed: Option<Listed>,
+    /// An HTTP/2 request's stream, counted open on its connection.
+    _stream: Option<OpenStream>,
 }
 
 /// Who broke a proxied exchange.
@@ -118,11 +121,12 @@ impl ProxyHttp for Proxy {
             grpc_deadline: false,
             upgrade: false,
             _listed: None,
+            _stream: None,
         }
     }
 
-    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
-        super::bounded::head_done(session);
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        ctx._stream = super::bounded::head_done(session, &self.state.proxy_conns);
         Ok(())
     }
 

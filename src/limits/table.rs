@@ -1,8 +1,8 @@
 //! One listener's connections: slots, phases, eviction.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::task::AtomicWaker;
@@ -14,6 +14,9 @@ use super::Limits;
 pub(super) const HEAD: u8 = 0;
 pub(super) const BUSY: u8 = 1;
 pub(super) const IDLE: u8 = 2;
+/// HTTP/2: requests are streams; the connection has no head or idle spell
+/// of its own (pingora's h2 idle timeout ends a quiet one).
+pub(super) const MUX: u8 = 3;
 
 /// Why connections were closed by the table, for telemetry.
 #[derive(Debug, Default)]
@@ -30,6 +33,8 @@ pub struct Shed {
 struct Conns {
     by_id: BTreeMap<u64, Arc<ConnState>>,
     live: usize,
+    /// Multiplexed connections by the key their streams know them by.
+    mux: HashMap<usize, Arc<ConnState>>,
 }
 
 /// One listener's open connections and their budget.
@@ -68,24 +73,14 @@ impl ConnTable {
         self.conns.lock().live
     }
 
-    /// Take a slot for a new connection, evicting the oldest idle (then the
-    /// oldest unfinished-head) connection when full; None when every slot
-    /// is serving a request.
+    /// Take a slot for a new connection, evicting the oldest idle one (an
+    /// idle HTTP/1 connection, then a multiplexed one with no open stream,
+    /// then one still sending its head) when full; None when every slot is
+    /// serving a request.
     pub fn admit(self: &Arc<Self>) -> Option<Admission> {
         let mut conns = self.conns.lock();
         if conns.live >= self.limits.max_connections {
-            // Oldest first: the BTreeMap is in accept order.
-            let victim = [IDLE, HEAD].into_iter().find_map(|phase| {
-                conns
-                    .by_id
-                    .values()
-                    .find(|c| {
-                        !c.evicted.load(Ordering::Relaxed)
-                            && c.phase.load(Ordering::Acquire) == phase
-                    })
-                    .cloned()
-            });
-            let Some(victim) = victim else {
+            let Some(victim) = Self::victim(&conns) else {
                 self.shed.refused.fetch_add(1, Ordering::Relaxed);
                 return None;
             };
@@ -100,6 +95,8 @@ impl ConnTable {
             deadline_ms: AtomicU64::new(0),
             evicted: AtomicBool::new(false),
             waker: AtomicWaker::new(),
+            streams: AtomicU32::new(0),
+            mux_key: AtomicUsize::new(0),
             epoch: self.epoch,
             limits: self.limits,
         });
@@ -111,6 +108,33 @@ impl ConnTable {
             state,
             table: Arc::clone(self),
         })
+    }
+}
+
+impl ConnTable {
+    /// Oldest first (the map is in accept order): idle, quiet multiplexed,
+    /// then unfinished heads; never a connection serving a request.
+    fn victim(conns: &Conns) -> Option<Arc<ConnState>> {
+        let evictable = |c: &ConnState, phase: u8| {
+            !c.evicted.load(Ordering::Relaxed)
+                && c.phase.load(Ordering::Acquire) == phase
+                && (phase != MUX || c.streams.load(Ordering::Acquire) == 0)
+        };
+        [IDLE, MUX, HEAD]
+            .into_iter()
+            .find_map(|phase| conns.by_id.values().find(|c| evictable(c, phase)).cloned())
+    }
+
+    /// Index a multiplexed connection under `key` (a value every one of its
+    /// streams can see), until its slot is freed.
+    pub fn index_mux(&self, key: usize, state: &Arc<ConnState>) {
+        state.mux_key.store(key, Ordering::Relaxed);
+        self.conns.lock().mux.insert(key, Arc::clone(state));
+    }
+
+    /// The multiplexed connection indexed under `key`.
+    pub fn mux(&self, key: usize) -> Option<Arc<ConnState>> {
+        self.conns.lock().mux.get(&key).cloned()
     }
 }
 
@@ -131,6 +155,10 @@ impl Drop for Admission {
     fn drop(&mut self) {
         let mut conns = self.table.conns.lock();
         conns.by_id.remove(&self.id);
+        let key = self.state.mux_key.load(Ordering::Relaxed);
+        if key != 0 {
+            conns.mux.remove(&key);
+        }
         if !self.state.evicted.load(Ordering::Acquire) {
             conns.live -= 1;
         }
@@ -144,6 +172,10 @@ pub struct ConnState {
     pub(super) deadline_ms: AtomicU64,
     pub(super) evicted: AtomicBool,
     pub(super) waker: AtomicWaker,
+    /// Open streams of a multiplexed connection.
+    pub(super) streams: AtomicU32,
+    /// Its key in the table's index (0 = not indexed).
+    mux_key: AtomicUsize,
     pub(super) epoch: Instant,
     pub(super) limits: Limits,
 }
@@ -169,6 +201,20 @@ impl ConnState {
         self.arm(self.limits.idle_timeout);
         self.phase.store(IDLE, Ordering::Release);
         self.waker.wake();
+    }
+
+    /// An HTTP/2 connection: no head or idle deadline from the table; it is
+    /// evictable while no stream is open.
+    pub fn multiplexed(&self) {
+        self.phase.store(MUX, Ordering::Release);
+    }
+
+    pub fn stream_opened(&self) {
+        self.streams.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn stream_closed(&self) {
+        self.streams.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// The listener's bounds.

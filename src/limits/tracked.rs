@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-use super::table::{Admission, BUSY, ConnState, HEAD, IDLE};
+use super::table::{Admission, BUSY, ConnState, HEAD, IDLE, MUX};
 
 /// What a client gets when its head is too slow (plaintext listeners).
 const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\n\
@@ -122,7 +122,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tracked<S> {
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending if phase == BUSY => Poll::Pending,
+            Poll::Pending if phase == BUSY || phase == MUX => Poll::Pending,
             Poll::Pending => this.wait_deadline(cx, phase),
         }
     }
@@ -331,6 +331,33 @@ mod tests {
         assert!(table.admit().is_none(), "all busy: refused");
         assert_eq!(table.shed.refused.load(Ordering::Relaxed), 1);
         assert_eq!(table.shed.evicted.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_quiet_multiplexed_connection_is_evicted_one_with_a_stream_never() {
+        let table = ConnTable::new("t", limits(2));
+        let (_c1, s1) = tokio::io::duplex(64);
+        let (_c2, s2) = tokio::io::duplex(64);
+        let mut quiet = Tracked::new(s1, table.admit().unwrap(), false);
+        let streaming = Tracked::new(s2, table.admit().unwrap(), false);
+        quiet.state().multiplexed();
+        streaming.state().multiplexed();
+        streaming.state().stream_opened();
+        // No deadline of its own: a quiet h2 connection is not cut by time.
+        let read =
+            tokio::time::timeout(Duration::from_millis(500), quiet.read(&mut [0u8; 8])).await;
+        assert!(read.is_err(), "cut by the head or idle deadline");
+        let third = table.admit().expect("evicts the quiet one");
+        third.state().begin_request();
+        assert_eq!(
+            quiet.read(&mut [0u8; 8]).await.unwrap(),
+            0,
+            "evicted reads EOF"
+        );
+        assert!(table.admit().is_none(), "the one with an open stream stays");
+        streaming.state().stream_closed();
+        drop(quiet);
+        assert!(table.admit().is_some(), "evictable once its stream closed");
     }
 
     #[test]
