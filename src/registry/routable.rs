@@ -32,7 +32,10 @@ pub struct Upstream {
     latency_us: AtomicU64,
     /// Consecutive failures seen on live traffic (connect errors, 5xx).
     pub failures: AtomicU32,
-    /// This backend's request counters.
+    /// This backend's request counters: telemetry's handle on its series,
+    /// resolved on first use and kept here on purpose, so that counting a
+    /// request never hashes label values (bench part 6). Telemetry owns the
+    /// series; the publisher forgets them when the backend leaves.
     pub requests: crate::telemetry::BackendRequests,
     /// Set the moment the entry leaves or says not ready, before the next
     /// publication: the request path skips it at once (read-your-writes for
