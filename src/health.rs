@@ -277,7 +277,7 @@ impl HealthLoop {
         };
         self.metrics
             .health_checks
-            .with_label_values(&[result.metric_label()])
+            .with_label_values(&[result.observation().as_str()])
             .inc();
         let err = result.error();
         if let Some((from, to)) = self.registry.apply_check(target, result) {

@@ -25,6 +25,7 @@ use tokio::task::{AbortHandle, JoinSet};
 
 use super::Shared;
 use super::probe::root_cause;
+use super::vitals::AnnounceResult;
 
 /// Longest wait a `Retry-After` can impose.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
@@ -231,13 +232,13 @@ async fn lb_task(sh: Arc<Shared>, addr: SocketAddr) -> (SocketAddr, bool) {
                     tracing::debug!(lb = %addr, "announced");
                 }
                 failures = 0;
-                sh.metrics.announces.with_label_values(&["ok"]).inc();
+                sh.metrics.count_announce(AnnounceResult::Ok);
                 next_after_success(jitter(interval), next)
             }
             Err(Failure::RetryAfter(d, why)) => {
                 failures += 1;
                 tracing::warn!(lb = %addr, retry_in = ?d, "throttled: {why}");
-                sh.metrics.announces.with_label_values(&["throttled"]).inc();
+                sh.metrics.count_announce(AnnounceResult::Throttled);
                 d
             }
             Err(Failure::Other(why)) => {
@@ -249,7 +250,7 @@ async fn lb_task(sh: Arc<Shared>, addr: SocketAddr) -> (SocketAddr, bool) {
                 } else {
                     tracing::debug!(lb = %addr, failures, "announce failed: {why}");
                 }
-                sh.metrics.announces.with_label_values(&["error"]).inc();
+                sh.metrics.count_announce(AnnounceResult::Error);
                 d
             }
         };

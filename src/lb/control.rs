@@ -19,7 +19,7 @@ use super::tls::CertStore;
 use super::upgrade::Upgrades;
 use crate::config::Config;
 use crate::registry::Change;
-use crate::telemetry::BackendRequests;
+use crate::telemetry::{BackendRequests, DeregistrationReason, ReloadResult};
 
 pub(super) struct Control {
     state: Arc<State>,
@@ -212,7 +212,7 @@ impl State {
                 tracing::warn!(%id, "lease expired: removed");
                 self.metrics
                     .deregistrations
-                    .with_label_values(&["expired"])
+                    .with_label_values(&[DeregistrationReason::Expired.as_str()])
                     .inc();
             }
         }
@@ -239,12 +239,18 @@ impl State {
                     tracing::info!(path = %path.display(), routes = routes.view().routes.len(), "routes reloaded");
                     self.set_routes(routes);
                     *self.route_error.lock() = None;
-                    self.metrics.reloads.with_label_values(&["ok"]).inc();
+                    self.metrics
+                        .reloads
+                        .with_label_values(&[ReloadResult::Ok.as_str()])
+                        .inc();
                 }
                 Err(e) => {
                     tracing::error!(path = %path.display(), error = %e, "routes not reloaded: keeping the ones in force");
                     *self.route_error.lock() = Some(e.to_string());
-                    self.metrics.reloads.with_label_values(&["refused"]).inc();
+                    self.metrics
+                        .reloads
+                        .with_label_values(&[ReloadResult::Refused.as_str()])
+                        .inc();
                 }
             }
         }
