@@ -19,6 +19,7 @@ use tokio::process::{Child, Command};
 
 use crate::agent::{Agent, AgentArgs, AgentError};
 use crate::config::{Config, ConfigError};
+use crate::signals::StopSignals;
 
 /// `roster demo-backend` flags: `--listen` plus every `roster agent` flag.
 #[derive(Debug, Clone, Args)]
@@ -364,7 +365,7 @@ pub async fn run(_args: DemoArgs) -> Result<(), DemoError> {
 }
 
 async fn run_children(kids: &mut Vec<Kid>) -> Result<(), DemoError> {
-    let mut stop = Stop::new()?;
+    let mut stop = StopSignals::new()?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .no_proxy()
@@ -398,31 +399,6 @@ async fn run_children(kids: &mut Vec<Kid>) -> Result<(), DemoError> {
 
     println!("{}", instructions(kids));
     supervise(kids, &mut ids, &mut stop).await
-}
-
-/// SIGTERM and SIGINT, either one stops the demo.
-struct Stop {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl Stop {
-    /// Listen for both signals (before any child starts, so none is missed).
-    fn new() -> std::io::Result<Self> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Self {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    /// Return on the next SIGTERM or SIGINT.
-    async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
-        }
-    }
 }
 
 /// Start the demo LB on [`DEMO_PROXY`] and [`DEMO_CONTROL`].
@@ -551,7 +527,7 @@ fn instructions(kids: &[Kid]) -> String {
 async fn supervise(
     kids: &mut [Kid],
     ids: &mut HashMap<String, String>,
-    stop: &mut Stop,
+    stop: &mut StopSignals,
 ) -> Result<(), DemoError> {
     loop {
         tokio::select! {

@@ -34,6 +34,8 @@ pub mod limits;
 pub mod protocol;
 /// Entries, leases, states and the published routable set.
 pub mod registry;
+/// SIGTERM and SIGINT, heard alike by every command.
+pub mod signals;
 /// The bounded HTTP server behind the control API, vitals port and webhook.
 pub mod serve;
 /// `roster status`: the registry as a table.

@@ -395,16 +395,11 @@ impl AgentHandle {
 
     /// Drain on SIGTERM or SIGINT (Ctrl-C).
     pub fn drain_on_signals(&self) -> io::Result<()> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
+        let mut signals = crate::signals::StopSignals::new()?;
         let me = self.clone();
         tokio::spawn(async move {
             loop {
-                let name = tokio::select! {
-                    _ = term.recv() => "SIGTERM",
-                    _ = int.recv() => "SIGINT",
-                };
+                let name = signals.recv().await.name();
                 if me.is_draining() {
                     tracing::info!(signal = name, "already draining");
                 } else {
@@ -420,7 +415,6 @@ impl AgentHandle {
 /// `roster agent`: run until drained (SIGTERM, SIGINT or `roster agent
 /// drain`). A second signal during the drain stops at once.
 pub async fn run(config: Config) -> Result<(), AgentError> {
-    use tokio::signal::unix::{SignalKind, signal};
     let mut settings = Settings::from_config(&config)?;
     if settings.resources == ResourceMode::Auto {
         // A sidecar's own cgroup is its container, not the app's: report
@@ -428,11 +422,10 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         settings.resources = ResourceMode::Host;
     }
     let agent = Agent::new(settings).spawn().await?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let mut signals = crate::signals::StopSignals::new()?;
     let drained = agent.drained();
     tokio::pin!(drained);
-    let mut signals = 0;
+    let mut received = 0;
     loop {
         let name = tokio::select! {
             report = &mut drained => {
@@ -444,11 +437,10 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
                 );
                 return Ok(());
             }
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+            stop = signals.recv() => stop.name(),
         };
-        signals += 1;
-        if signals > 1 {
+        received += 1;
+        if received > 1 {
             tracing::warn!(
                 signal = name,
                 "second signal: stopping without finishing the drain"

@@ -19,6 +19,7 @@ use super::tls::CertStore;
 use super::upgrade::Upgrades;
 use crate::config::Config;
 use crate::registry::Change;
+use crate::signals::Stop;
 use crate::telemetry::{BackendRequests, DeregistrationReason, ReloadResult};
 
 pub(super) struct Control {
@@ -294,23 +295,15 @@ impl Signals {
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = term.recv() => {
+        match crate::signals::next_stop().await {
+            Stop::Term => {
                 self.state.shutting_down.store(true, Ordering::Relaxed);
                 let delay = self.state.config.lb.shutdown_delay;
                 tracing::info!(delay = ?delay, "SIGTERM: readyz now 503; still accepting for shutdown_delay");
                 tokio::time::sleep(delay).await;
                 ShutdownSignal::GracefulTerminate
             }
-            _ = int.recv() => ShutdownSignal::FastShutdown,
+            Stop::Int => ShutdownSignal::FastShutdown,
         }
     }
 }
