@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use parking_lot::Mutex;
-use rand::RngExt;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::time::DelayQueue;
 
+use crate::backoff::Backoff;
 use crate::protocol::{BackendState, Vitals};
 use crate::registry::{Change, CheckResult, CheckSpec, Registry, Target};
 use crate::telemetry::LbMetrics;
@@ -258,9 +258,8 @@ impl HealthLoop {
             .registry
             .target(&target.service, &target.id, target.generation)
             .map_or(0, |t| t.failing);
-        let jitter = rand::rng().random_range(0.95..1.05);
         let _ = self.queue.send(Due {
-            after: backoff(target.check.interval, failing).mul_f64(jitter),
+            after: check_backoff(target.check.interval).next(failing),
             service: target.service,
             id: target.id,
             generation: target.generation,
@@ -290,8 +289,8 @@ impl HealthLoop {
 /// `failing` checks in a row: the interval, doubling from the third on, at
 /// most 4 × interval (a dead backend costs a quarter of the checks; one
 /// that comes back is in again within 4 intervals).
-pub fn backoff(interval: Duration, failing: u32) -> Duration {
-    interval * 2u32.pow(failing.saturating_sub(1).min(2))
+pub fn check_backoff(interval: Duration) -> Backoff {
+    Backoff::new(interval, interval * 4).with_jitter(0.05)
 }
 
 /// Log only when health flips, not on every check.
@@ -317,7 +316,9 @@ mod tests {
     #[test]
     fn backoff_grows_to_four_intervals() {
         let i = Duration::from_secs(5);
-        let got: Vec<u64> = (0..6).map(|f| backoff(i, f).as_secs()).collect();
+        let got: Vec<u64> = (0..6)
+            .map(|f| check_backoff(i).delay(f).as_secs())
+            .collect();
         assert_eq!(got, [5, 5, 10, 20, 20, 20]);
     }
 

@@ -16,6 +16,8 @@ pub fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
 
 /// `roster agent` and the embeddable agent library: announcer, vitals, drain.
 pub mod agent;
+/// Exponential backoff with jitter, for every retry schedule.
+pub mod backoff;
 /// The YAML file, flags and env vars, merged.
 pub mod config;
 /// `roster demo` and `roster demo-backend`: roster on one machine.
@@ -34,10 +36,10 @@ pub mod limits;
 pub mod protocol;
 /// Entries, leases, states and the published routable set.
 pub mod registry;
-/// SIGTERM and SIGINT, heard alike by every command.
-pub mod signals;
 /// The bounded HTTP server behind the control API, vitals port and webhook.
 pub mod serve;
+/// SIGTERM and SIGINT, heard alike by every command.
+pub mod signals;
 /// `roster status`: the registry as a table.
 pub mod status;
 /// Logging and the LB's Prometheus metrics.
