@@ -366,10 +366,8 @@ pub async fn run(_args: DemoArgs) -> Result<(), DemoError> {
 
 async fn run_children(kids: &mut Vec<Kid>) -> Result<(), DemoError> {
     let mut stop = StopSignals::new()?;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .no_proxy()
-        .build()
+    let timeout = Duration::from_secs(2);
+    let client = crate::fetch::client(crate::fetch::Bounds::timeout(timeout))
         .map_err(std::io::Error::other)?;
     let control = format!("http://{DEMO_CONTROL}");
 
@@ -384,13 +382,9 @@ async fn run_children(kids: &mut Vec<Kid>) -> Result<(), DemoError> {
     let mut ids = spawn_backends(kids)?;
     let backends = format!("{control}/backends");
     let all_in = || async {
-        match client.get(&backends).send().await {
-            Ok(r) => r
-                .json::<Vec<String>>()
-                .await
-                .is_ok_and(|v| v.len() == DEMO_BACKEND_IPS.len()),
-            Err(_) => false,
-        }
+        crate::fetch::get_json::<Vec<String>>(&client, &backends, 64 * 1024, timeout)
+            .await
+            .is_ok_and(|v| v.len() == DEMO_BACKEND_IPS.len())
     };
     tokio::select! {
         r = wait_until(kids, Duration::from_secs(30), "3 backends in /backends", all_in) => r?,

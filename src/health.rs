@@ -51,16 +51,17 @@ impl Checker {
     pub fn new(timeout: Duration, interval: Duration) -> Result<Self, crate::Error> {
         let idle = interval * 2 + timeout;
         let client = |idle_per_host: usize| {
-            reqwest::Client::builder()
+            crate::fetch::client(crate::fetch::Bounds {
+                // Each check brings its own timeout.
+                timeout: None,
                 // A blackholed address (a zone outage drops SYNs) fails in
                 // half the time a slow answer gets.
-                .connect_timeout((timeout / 2).max(Duration::from_millis(100)))
-                .pool_idle_timeout(idle)
-                .pool_max_idle_per_host(idle_per_host)
-                .no_proxy()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .map_err(|e| crate::Error::Http(e.to_string()))
+                connect_timeout: (timeout / 2).max(Duration::from_millis(100)),
+                idle_per_host,
+                idle_timeout: idle,
+                ..crate::fetch::Bounds::timeout(timeout)
+            })
+            .map_err(|e| crate::Error::Http(e.to_string()))
         };
         Ok(Self {
             pooled: client(1)?,
@@ -78,49 +79,11 @@ impl Checker {
         spec: &CheckSpec,
     ) -> CheckResult {
         let client = if pooled { &self.pooled } else { &self.fresh };
-        let fetch = self.fetch(client, vitals_addr, &spec.path);
-        match tokio::time::timeout(spec.timeout, fetch).await {
-            Err(_) => CheckResult::Failed(format!("timeout after {:?}", spec.timeout)),
-            Ok(Err(e)) => CheckResult::Failed(e),
-            Ok(Ok(v)) => judge(v, expected_id),
+        let url = format!("http://{vitals_addr}{}", spec.path);
+        match crate::fetch::get_json(client, &url, MAX_VITALS_BYTES, spec.timeout).await {
+            Ok(v) => judge(v, expected_id),
+            Err(e) => CheckResult::Failed(e.to_string()),
         }
-    }
-
-    async fn fetch(
-        &self,
-        client: &reqwest::Client,
-        vitals_addr: SocketAddr,
-        path: &str,
-    ) -> Result<Vitals, String> {
-        let url = format!("http://{vitals_addr}{path}");
-        let mut resp = client.get(&url).send().await.map_err(|e| {
-            // reqwest's Display hides the cause ("error sending request").
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg = s.to_string();
-                src = s.source();
-            }
-            format!("GET {url}: {msg}")
-        })?;
-        if !resp.status().is_success() {
-            return Err(format!("GET {url}: status {}", resp.status()));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| format!("GET {url}: reading body: {e}"))?
-        {
-            if body.len() + chunk.len() > MAX_VITALS_BYTES {
-                return Err(format!(
-                    "GET {url}: vitals larger than {MAX_VITALS_BYTES} bytes"
-                ));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        serde_json::from_slice::<Vitals>(&body)
-            .map_err(|e| format!("GET {url}: invalid vitals: {e}"))
     }
 }
 

@@ -22,6 +22,8 @@ pub mod backoff;
 pub mod config;
 /// `roster demo` and `roster demo-backend`: roster on one machine.
 pub mod demo;
+/// Outgoing HTTP: clients with shared bounds, a bounded JSON GET.
+pub mod fetch;
 /// Vitals health checks from one timer queue.
 pub mod health;
 /// The Helm chart's values, typed: `roster schema --helm`.

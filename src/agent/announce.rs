@@ -23,9 +23,9 @@ use serde::Deserialize;
 use tokio::task::{AbortHandle, JoinSet};
 
 use super::Shared;
-use super::probe::root_cause;
 use super::vitals::AnnounceResult;
 use crate::backoff::{Backoff, jitter};
+use crate::fetch::root_cause;
 
 /// Longest wait a `Retry-After` can impose.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
@@ -150,29 +150,10 @@ fn with_token(req: reqwest::RequestBuilder, token: Option<String>) -> reqwest::R
 /// Largest LB answer read; the register answer is ~200 bytes.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
-/// The body, cut at [`MAX_ANSWER_BYTES`]: a broken LB cannot make us
-/// buffer without bound.
-async fn bounded_body(mut resp: reqwest::Response) -> Vec<u8> {
-    let mut body = Vec::new();
-    while let Ok(Some(chunk)) = resp.chunk().await {
-        let room = MAX_ANSWER_BYTES - body.len();
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= MAX_ANSWER_BYTES {
-            break;
-        }
-    }
-    body
-}
-
 /// Why an answer was refused, from its `{"error": ...}` body when present.
 async fn describe(resp: reqwest::Response) -> String {
     let status = resp.status();
-    let body = String::from_utf8_lossy(&bounded_body(resp).await).into_owned();
-    let msg = serde_json::from_str::<crate::protocol::ErrorBody>(&body)
-        .map(|e| e.error)
-        .unwrap_or(body);
-    let msg: String = msg.chars().take(200).collect();
-    format!("status {status}: {}", msg.trim())
+    format!("status {status}: {}", crate::fetch::detail(resp).await)
 }
 
 async fn announce_once(sh: &Shared, addr: SocketAddr) -> Result<Option<u64>, Failure> {
@@ -185,7 +166,9 @@ async fn announce_once(sh: &Shared, addr: SocketAddr) -> Result<Option<u64>, Fai
         .map_err(|e| Failure::Other(format!("POST {url}: {}", root_cause(&e))))?;
     let status = resp.status();
     if status.is_success() {
-        let body = bounded_body(resp).await;
+        let (body, _) = crate::fetch::read_up_to(resp, MAX_ANSWER_BYTES)
+            .await
+            .unwrap_or_default();
         let next = serde_json::from_slice::<Answer>(&body)
             .ok()
             .and_then(|a| a.next_announce_seconds);

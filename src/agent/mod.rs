@@ -217,16 +217,15 @@ impl Shared {
     }
 }
 
+/// The agent's client: a fresh connection per call (announces and probes
+/// are seconds apart; an idle connection would outlive an LB's restart).
 pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::Client, AgentError> {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .pool_max_idle_per_host(0)
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("roster-agent/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| AgentError::Http(e.to_string()))
+    crate::fetch::client(crate::fetch::Bounds {
+        idle_per_host: 0,
+        user_agent: concat!("roster-agent/", env!("CARGO_PKG_VERSION")),
+        ..crate::fetch::Bounds::timeout(timeout)
+    })
+    .map_err(|e| AgentError::Http(e.to_string()))
 }
 
 /// An agent ready to start: [`Agent::spawn`] binds the vitals port and
