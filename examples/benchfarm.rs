@@ -466,11 +466,10 @@ fn control(farm: &Farm, req: Request<Incoming>) -> Response<Tiny> {
 // ---------------------------------------------------------------- clients
 
 fn client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .pool_max_idle_per_host(256)
-        .build()?)
+    Ok(roster::fetch::client(roster::fetch::Bounds {
+        idle_per_host: 256,
+        ..roster::fetch::Bounds::timeout(Duration::from_secs(10))
+    })?)
 }
 
 /// POST one registration; the status code, or 0 on a transport error.

@@ -263,11 +263,11 @@ async fn load(
     timeout: f64,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(rate > 0.0 && seconds > 0.0, "rate and seconds must be > 0");
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs_f64(timeout))
-        .pool_idle_timeout(Duration::from_secs(30))
-        .tcp_nodelay(true)
-        .build()?;
+    // reqwest sets TCP_NODELAY by default.
+    let client = roster::fetch::client(roster::fetch::Bounds {
+        idle_timeout: Duration::from_secs(30),
+        ..roster::fetch::Bounds::timeout(Duration::from_secs_f64(timeout))
+    })?;
     let urls: Vec<String> = targets.iter().map(|t| format!("http://{t}/")).collect();
     let total = ((warmup + seconds) * rate).round() as u64;
     let measured_from = (warmup * rate).round() as u64;

@@ -221,10 +221,20 @@ def check_restricted(spec: dict, name: str, host_network: bool = False, host_por
           f" seccomp RuntimeDefault){extra}")
 
 
+def duration_units() -> dict[str, float]:
+    """humantime's units in seconds, from the chart's roster.seconds helper:
+    the one copy outside Rust, pinned to DURATION_UNITS by a Rust test."""
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text(encoding="utf-8")
+    units = re.search(r"\$units := dict (.*?) -}}", helpers)
+    assert units, "roster.seconds has no $units dict"
+    return {u: float(s) for u, s in re.findall(r'"([^"]+)" ([0-9.]+)', units.group(1))}
+
+
 def duration_seconds(text: str) -> int:
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    """Whole seconds (rounded up), as the chart's roster.seconds computes them."""
+    units = duration_units()
     total = 0.0
-    for n, u in re.findall(r"(\d+)\s*([a-z]+)", text):
+    for n, u in re.findall(r"(\d+)\s*([^\d\s]+)", text):
         total += int(n) * units[u]
     return int(-(-total // 1))
 

@@ -19,6 +19,7 @@ use tokio::process::{Child, Command};
 
 use crate::agent::{Agent, AgentArgs, AgentError};
 use crate::config::{Config, ConfigError};
+use crate::signals::StopSignals;
 
 /// `roster demo-backend` flags: `--listen` plus every `roster agent` flag.
 #[derive(Debug, Clone, Args)]
@@ -364,11 +365,9 @@ pub async fn run(_args: DemoArgs) -> Result<(), DemoError> {
 }
 
 async fn run_children(kids: &mut Vec<Kid>) -> Result<(), DemoError> {
-    let mut stop = Stop::new()?;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .no_proxy()
-        .build()
+    let mut stop = StopSignals::new()?;
+    let timeout = Duration::from_secs(2);
+    let client = crate::fetch::client(crate::fetch::Bounds::timeout(timeout))
         .map_err(std::io::Error::other)?;
     let control = format!("http://{DEMO_CONTROL}");
 
@@ -383,13 +382,9 @@ async fn run_children(kids: &mut Vec<Kid>) -> Result<(), DemoError> {
     let mut ids = spawn_backends(kids)?;
     let backends = format!("{control}/backends");
     let all_in = || async {
-        match client.get(&backends).send().await {
-            Ok(r) => r
-                .json::<Vec<String>>()
-                .await
-                .is_ok_and(|v| v.len() == DEMO_BACKEND_IPS.len()),
-            Err(_) => false,
-        }
+        crate::fetch::get_json::<Vec<String>>(&client, &backends, 64 * 1024, timeout)
+            .await
+            .is_ok_and(|v| v.len() == DEMO_BACKEND_IPS.len())
     };
     tokio::select! {
         r = wait_until(kids, Duration::from_secs(30), "3 backends in /backends", all_in) => r?,
@@ -398,31 +393,6 @@ async fn run_children(kids: &mut Vec<Kid>) -> Result<(), DemoError> {
 
     println!("{}", instructions(kids));
     supervise(kids, &mut ids, &mut stop).await
-}
-
-/// SIGTERM and SIGINT, either one stops the demo.
-struct Stop {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl Stop {
-    /// Listen for both signals (before any child starts, so none is missed).
-    fn new() -> std::io::Result<Self> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Self {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    /// Return on the next SIGTERM or SIGINT.
-    async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
-        }
-    }
 }
 
 /// Start the demo LB on [`DEMO_PROXY`] and [`DEMO_CONTROL`].
@@ -551,7 +521,7 @@ fn instructions(kids: &[Kid]) -> String {
 async fn supervise(
     kids: &mut [Kid],
     ids: &mut HashMap<String, String>,
-    stop: &mut Stop,
+    stop: &mut StopSignals,
 ) -> Result<(), DemoError> {
     loop {
         tokio::select! {

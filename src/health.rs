@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use parking_lot::Mutex;
-use rand::RngExt;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::time::DelayQueue;
 
+use crate::backoff::Backoff;
 use crate::protocol::{BackendState, Vitals};
 use crate::registry::{Change, CheckResult, CheckSpec, Registry, Target};
 use crate::telemetry::LbMetrics;
@@ -51,16 +51,17 @@ impl Checker {
     pub fn new(timeout: Duration, interval: Duration) -> Result<Self, crate::Error> {
         let idle = interval * 2 + timeout;
         let client = |idle_per_host: usize| {
-            reqwest::Client::builder()
+            crate::fetch::client(crate::fetch::Bounds {
+                // Each check brings its own timeout.
+                timeout: None,
                 // A blackholed address (a zone outage drops SYNs) fails in
                 // half the time a slow answer gets.
-                .connect_timeout((timeout / 2).max(Duration::from_millis(100)))
-                .pool_idle_timeout(idle)
-                .pool_max_idle_per_host(idle_per_host)
-                .no_proxy()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .map_err(|e| crate::Error::Http(e.to_string()))
+                connect_timeout: (timeout / 2).max(Duration::from_millis(100)),
+                idle_per_host,
+                idle_timeout: idle,
+                ..crate::fetch::Bounds::timeout(timeout)
+            })
+            .map_err(|e| crate::Error::Http(e.to_string()))
         };
         Ok(Self {
             pooled: client(1)?,
@@ -78,49 +79,11 @@ impl Checker {
         spec: &CheckSpec,
     ) -> CheckResult {
         let client = if pooled { &self.pooled } else { &self.fresh };
-        let fetch = self.fetch(client, vitals_addr, &spec.path);
-        match tokio::time::timeout(spec.timeout, fetch).await {
-            Err(_) => CheckResult::Failed(format!("timeout after {:?}", spec.timeout)),
-            Ok(Err(e)) => CheckResult::Failed(e),
-            Ok(Ok(v)) => judge(v, expected_id),
+        let url = format!("http://{vitals_addr}{}", spec.path);
+        match crate::fetch::get_json(client, &url, MAX_VITALS_BYTES, spec.timeout).await {
+            Ok(v) => judge(v, expected_id),
+            Err(e) => CheckResult::Failed(e.to_string()),
         }
-    }
-
-    async fn fetch(
-        &self,
-        client: &reqwest::Client,
-        vitals_addr: SocketAddr,
-        path: &str,
-    ) -> Result<Vitals, String> {
-        let url = format!("http://{vitals_addr}{path}");
-        let mut resp = client.get(&url).send().await.map_err(|e| {
-            // reqwest's Display hides the cause ("error sending request").
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg = s.to_string();
-                src = s.source();
-            }
-            format!("GET {url}: {msg}")
-        })?;
-        if !resp.status().is_success() {
-            return Err(format!("GET {url}: status {}", resp.status()));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| format!("GET {url}: reading body: {e}"))?
-        {
-            if body.len() + chunk.len() > MAX_VITALS_BYTES {
-                return Err(format!(
-                    "GET {url}: vitals larger than {MAX_VITALS_BYTES} bytes"
-                ));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        serde_json::from_slice::<Vitals>(&body)
-            .map_err(|e| format!("GET {url}: invalid vitals: {e}"))
     }
 }
 
@@ -258,9 +221,8 @@ impl HealthLoop {
             .registry
             .target(&target.service, &target.id, target.generation)
             .map_or(0, |t| t.failing);
-        let jitter = rand::rng().random_range(0.95..1.05);
         let _ = self.queue.send(Due {
-            after: backoff(target.check.interval, failing).mul_f64(jitter),
+            after: check_backoff(target.check.interval).next(failing),
             service: target.service,
             id: target.id,
             generation: target.generation,
@@ -277,7 +239,7 @@ impl HealthLoop {
         };
         self.metrics
             .health_checks
-            .with_label_values(&[result.metric_label()])
+            .with_label_values(&[result.observation().as_str()])
             .inc();
         let err = result.error();
         if let Some((from, to)) = self.registry.apply_check(target, result) {
@@ -290,8 +252,8 @@ impl HealthLoop {
 /// `failing` checks in a row: the interval, doubling from the third on, at
 /// most 4 × interval (a dead backend costs a quarter of the checks; one
 /// that comes back is in again within 4 intervals).
-pub fn backoff(interval: Duration, failing: u32) -> Duration {
-    interval * 2u32.pow(failing.saturating_sub(1).min(2))
+pub fn check_backoff(interval: Duration) -> Backoff {
+    Backoff::new(interval, interval * 4).with_jitter(0.05)
 }
 
 /// Log only when health flips, not on every check.
@@ -317,7 +279,9 @@ mod tests {
     #[test]
     fn backoff_grows_to_four_intervals() {
         let i = Duration::from_secs(5);
-        let got: Vec<u64> = (0..6).map(|f| backoff(i, f).as_secs()).collect();
+        let got: Vec<u64> = (0..6)
+            .map(|f| check_backoff(i).delay(f).as_secs())
+            .collect();
         assert_eq!(got, [5, 5, 10, 20, 20, 20]);
     }
 

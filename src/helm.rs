@@ -14,9 +14,19 @@ use crate::config::{Config, duration_schema};
 /// A Kubernetes object passed through as is.
 type Object = Map<String, Value>;
 
-/// A Kubernetes resource quantity ("10m", "64Mi", "0.5", 1).
+/// A Kubernetes resource quantity ("10m", "64Mi", "0.5", 1): a
+/// non-negative decimal, then an optional binary (Ki..Ei), decimal (n, u, m,
+/// k, M..E) or exponent suffix. The one grammar: the chart's schema carries
+/// it, and the injector checks its flags with it ([`is_quantity`]).
 pub const QUANTITY_PATTERN: &str =
     r"^[+]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?[0-9]+))?$";
+
+/// Whether `s` matches [`QUANTITY_PATTERN`].
+pub fn is_quantity(s: &str) -> bool {
+    static QUANTITY: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(QUANTITY_PATTERN).expect("a valid pattern"));
+    QUANTITY.is_match(s)
+}
 
 /// A quantity, as YAML gives it: a string, or a plain number.
 #[derive(Debug, Clone, Serialize, Deserialize)]

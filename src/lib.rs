@@ -16,10 +16,14 @@ pub fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
 
 /// `roster agent` and the embeddable agent library: announcer, vitals, drain.
 pub mod agent;
+/// Exponential backoff with jitter, for every retry schedule.
+pub mod backoff;
 /// The YAML file, flags and env vars, merged.
 pub mod config;
 /// `roster demo` and `roster demo-backend`: roster on one machine.
 pub mod demo;
+/// Outgoing HTTP: clients with shared bounds, a bounded JSON GET.
+pub mod fetch;
 /// Vitals health checks from one timer queue.
 pub mod health;
 /// The Helm chart's values, typed: `roster schema --helm`.
@@ -36,6 +40,8 @@ pub mod protocol;
 pub mod registry;
 /// The bounded HTTP server behind the control API, vitals port and webhook.
 pub mod serve;
+/// SIGTERM and SIGINT, heard alike by every command.
+pub mod signals;
 /// `roster status`: the registry as a table.
 pub mod status;
 /// Logging and the LB's Prometheus metrics.

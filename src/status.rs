@@ -22,30 +22,24 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// Largest registry read: ~1 KB an entry, 10,000 entries with room to spare.
+const MAX_REGISTRY_BYTES: usize = 64 << 20;
+
 /// Fetch and print.
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let url = match &args.service {
         Some(s) => format!("http://{}/registry?service={s}", args.lb),
         None => format!("http://{}/registry", args.lb),
     };
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .no_proxy()
-        .build()?;
-    let resp = client
-        .get(&url)
-        .send()
-        .await
-        .with_context(|| format!("GET {url}"))?;
-    let status = resp.status();
-    let text = resp.text().await.with_context(|| format!("GET {url}"))?;
-    anyhow::ensure!(status.is_success(), "GET {url}: {status}: {text}");
+    let timeout = Duration::from_secs(5);
+    let client = crate::fetch::client(crate::fetch::Bounds::timeout(timeout))?;
+    let body = crate::fetch::get_bytes(&client, &url, MAX_REGISTRY_BYTES, timeout).await?;
     if args.json {
-        println!("{text}");
+        println!("{}", String::from_utf8_lossy(&body));
         return Ok(());
     }
     let view: RegistryView =
-        serde_json::from_str(&text).with_context(|| format!("GET {url}: unexpected answer"))?;
+        serde_json::from_slice(&body).with_context(|| format!("GET {url}: unexpected answer"))?;
     print!("{}", table(&view));
     Ok(())
 }

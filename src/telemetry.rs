@@ -118,13 +118,15 @@ impl LbMetrics {
             .set(table.open() as i64);
         let s = &table.shed;
         for (reason, n) in [
-            ("header_timeout", &s.header_timeout),
-            ("idle_timeout", &s.idle_timeout),
-            ("write_timeout", &s.write_timeout),
-            ("evicted", &s.evicted),
-            ("refused", &s.refused),
+            (ShedReason::HeaderTimeout, &s.header_timeout),
+            (ShedReason::IdleTimeout, &s.idle_timeout),
+            (ShedReason::WriteTimeout, &s.write_timeout),
+            (ShedReason::Evicted, &s.evicted),
+            (ShedReason::Refused, &s.refused),
         ] {
-            let c = self.connections_shed.with_label_values(&[name, reason]);
+            let c = self
+                .connections_shed
+                .with_label_values(&[name, reason.as_str()]);
             c.inc_by(n.load(Relaxed).saturating_sub(c.get()));
         }
     }
@@ -132,6 +134,85 @@ impl LbMetrics {
     /// Prometheus text exposition of every family.
     pub fn render(&self) -> String {
         encode(&self.registry)
+    }
+}
+
+/// A label's values as an enum: `as_str()` is the series' text, `ALL`
+/// every value (for series that should exist before their first count).
+/// One place per label, so a typo cannot start a new series.
+macro_rules! label_values {
+    ($(#[$m:meta])* $vis:vis enum $name:ident { $($(#[$vm:meta])* $v:ident => $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        $vis enum $name { $($(#[$vm])* $v),+ }
+
+        impl $name {
+            /// Every value.
+            pub const ALL: &'static [Self] = &[$(Self::$v),+];
+
+            /// The label's text.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $s),+ }
+            }
+        }
+    };
+}
+pub(crate) use label_values;
+
+label_values! {
+    /// `roster_lb_registrations_total{result}`: how a `POST /register` ended.
+    pub enum RegistrationResult {
+        Created => "created",
+        Renewed => "renewed",
+        RateLimited => "rate_limited",
+        Unauthorized => "unauthorized",
+        Forbidden => "forbidden",
+        /// `registration.max_backends` reached.
+        Full => "full",
+        /// The Kubernetes API did not answer a `kubernetes_auth` review.
+        Unavailable => "unavailable",
+        Invalid => "invalid",
+    }
+}
+
+label_values! {
+    /// `roster_lb_deregistrations_total{reason}`.
+    pub enum DeregistrationReason {
+        /// `DELETE /register/{id}`.
+        Deleted => "deleted",
+        /// The lease ran out.
+        Expired => "expired",
+    }
+}
+
+label_values! {
+    /// `roster_lb_ejections_total{reason}`: what live traffic saw fail.
+    pub enum EjectionReason {
+        Connect => "connect",
+        Reset => "reset",
+        ServerError => "5xx",
+        /// gRPC UNAVAILABLE or RESOURCE_EXHAUSTED.
+        Grpc => "grpc",
+    }
+}
+
+label_values! {
+    /// `roster_lb_config_reloads_total{result}`.
+    pub enum ReloadResult {
+        Ok => "ok",
+        /// The new file was invalid; the routes in force stay.
+        Refused => "refused",
+    }
+}
+
+label_values! {
+    /// `roster_lb_connections_shed_total{reason}`: which limit closed it.
+    pub enum ShedReason {
+        HeaderTimeout => "header_timeout",
+        IdleTimeout => "idle_timeout",
+        WriteTimeout => "write_timeout",
+        Evicted => "evicted",
+        Refused => "refused",
     }
 }
 

@@ -19,35 +19,28 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::RngExt;
 use serde::Deserialize;
 use tokio::task::{AbortHandle, JoinSet};
 
 use super::Shared;
-use super::probe::root_cause;
+use super::vitals::AnnounceResult;
+use crate::backoff::{Backoff, jitter};
+use crate::fetch::root_cause;
 
 /// Longest wait a `Retry-After` can impose.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 /// Time allowed for resolving one entry.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
-/// First backoff step after a failure.
-const BACKOFF_BASE: Duration = Duration::from_millis(500);
-
-/// `d` scaled by a factor in [0.9, 1.1] picked by `r` ∈ [0, 1].
-pub fn jitter_with(d: Duration, r: f64) -> Duration {
-    d.mul_f64(0.9 + 0.2 * r.clamp(0.0, 1.0))
-}
-
-/// `d` ±10%, at random.
-pub fn jitter(d: Duration) -> Duration {
-    jitter_with(d, rand::rng().random_range(0.0..=1.0))
-}
+/// Spread of every announce wait, so a fleet started together drifts apart.
+const JITTER: f64 = 0.1;
+/// Retries of a DELETE while draining: 0.2 s doubling, at most 1 s.
+const DEREGISTER_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(200), Duration::from_secs(1));
 
 /// Wait after `failures` (≥ 1) failures in a row: 0.5 s doubling, capped at
-/// the interval, before jitter.
-pub fn backoff(failures: u32, interval: Duration) -> Duration {
-    let exp = failures.saturating_sub(1).min(16);
-    (BACKOFF_BASE * 2u32.pow(exp)).min(interval)
+/// the interval, ±10%.
+pub fn announce_backoff(interval: Duration) -> Backoff {
+    Backoff::new(Duration::from_millis(500), interval).with_jitter(JITTER)
 }
 
 /// Wait after a successful announce: the jittered interval, shortened to
@@ -157,29 +150,10 @@ fn with_token(req: reqwest::RequestBuilder, token: Option<String>) -> reqwest::R
 /// Largest LB answer read; the register answer is ~200 bytes.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
-/// The body, cut at [`MAX_ANSWER_BYTES`]: a broken LB cannot make us
-/// buffer without bound.
-async fn bounded_body(mut resp: reqwest::Response) -> Vec<u8> {
-    let mut body = Vec::new();
-    while let Ok(Some(chunk)) = resp.chunk().await {
-        let room = MAX_ANSWER_BYTES - body.len();
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= MAX_ANSWER_BYTES {
-            break;
-        }
-    }
-    body
-}
-
 /// Why an answer was refused, from its `{"error": ...}` body when present.
 async fn describe(resp: reqwest::Response) -> String {
     let status = resp.status();
-    let body = String::from_utf8_lossy(&bounded_body(resp).await).into_owned();
-    let msg = serde_json::from_str::<crate::protocol::ErrorBody>(&body)
-        .map(|e| e.error)
-        .unwrap_or(body);
-    let msg: String = msg.chars().take(200).collect();
-    format!("status {status}: {}", msg.trim())
+    format!("status {status}: {}", crate::fetch::detail(resp).await)
 }
 
 async fn announce_once(sh: &Shared, addr: SocketAddr) -> Result<Option<u64>, Failure> {
@@ -192,7 +166,9 @@ async fn announce_once(sh: &Shared, addr: SocketAddr) -> Result<Option<u64>, Fai
         .map_err(|e| Failure::Other(format!("POST {url}: {}", root_cause(&e))))?;
     let status = resp.status();
     if status.is_success() {
-        let body = bounded_body(resp).await;
+        let (body, _) = crate::fetch::read_up_to(resp, MAX_ANSWER_BYTES)
+            .await
+            .unwrap_or_default();
         let next = serde_json::from_slice::<Answer>(&body)
             .ok()
             .and_then(|a| a.next_announce_seconds);
@@ -231,25 +207,25 @@ async fn lb_task(sh: Arc<Shared>, addr: SocketAddr) -> (SocketAddr, bool) {
                     tracing::debug!(lb = %addr, "announced");
                 }
                 failures = 0;
-                sh.metrics.announces.with_label_values(&["ok"]).inc();
-                next_after_success(jitter(interval), next)
+                sh.metrics.count_announce(AnnounceResult::Ok);
+                next_after_success(jitter(interval, JITTER), next)
             }
             Err(Failure::RetryAfter(d, why)) => {
                 failures += 1;
                 tracing::warn!(lb = %addr, retry_in = ?d, "throttled: {why}");
-                sh.metrics.announces.with_label_values(&["throttled"]).inc();
+                sh.metrics.count_announce(AnnounceResult::Throttled);
                 d
             }
             Err(Failure::Other(why)) => {
                 failures += 1;
-                let d = jitter(backoff(failures, interval));
+                let d = announce_backoff(interval).next(failures);
                 // Warn on the first failure and then now and again, not on every retry.
                 if failures == 1 || failures.is_power_of_two() {
                     tracing::warn!(lb = %addr, failures, retry_in = ?d, "announce failed: {why}");
                 } else {
                     tracing::debug!(lb = %addr, failures, "announce failed: {why}");
                 }
-                sh.metrics.announces.with_label_values(&["error"]).inc();
+                sh.metrics.count_announce(AnnounceResult::Error);
                 d
             }
         };
@@ -292,8 +268,7 @@ async fn deregister(sh: &Shared, addr: SocketAddr, deadline: Instant) -> bool {
             Err(e) => tracing::warn!(lb = %addr, "DELETE {url}: {}", root_cause(&e)),
         }
         failures += 1;
-        let wait =
-            (Duration::from_millis(100) * 2u32.pow(failures.min(4))).min(Duration::from_secs(1));
+        let wait = DEREGISTER_BACKOFF.delay(failures);
         if Instant::now() + wait >= deadline {
             return false;
         }
@@ -363,9 +338,9 @@ pub(crate) async fn run(sh: Arc<Shared>) -> Vec<(SocketAddr, bool)> {
         while set.try_join_next().is_some() {}
         failures = if all { 0 } else { failures + 1 };
         let delay = if all {
-            jitter(interval)
+            jitter(interval, JITTER)
         } else {
-            jitter(backoff(failures, interval))
+            announce_backoff(interval).next(failures)
         };
         tokio::select! {
             biased;
@@ -403,35 +378,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn jitter_stays_within_ten_percent() {
-        let d = Duration::from_secs(30);
-        assert_eq!(jitter_with(d, 0.0), Duration::from_secs(27));
-        assert_eq!(jitter_with(d, 1.0), Duration::from_secs(33));
-        assert_eq!(jitter_with(d, 7.0), Duration::from_secs(33), "clamped");
-        let (mut lo, mut hi) = (d, d);
-        for _ in 0..10_000 {
-            let j = jitter(d);
-            assert!(
-                j >= Duration::from_secs(27) && j <= Duration::from_secs(33),
-                "{j:?}"
-            );
-            lo = lo.min(j);
-            hi = hi.max(j);
-        }
-        // It does spread: a fleet restarted together drifts apart.
-        assert!(
-            lo < Duration::from_secs(28) && hi > Duration::from_secs(32),
-            "{lo:?} {hi:?}"
-        );
-    }
-
-    #[test]
     fn backoff_doubles_up_to_the_interval() {
         let i = Duration::from_secs(30);
-        let steps: Vec<u64> = (1..=8).map(|n| backoff(n, i).as_millis() as u64).collect();
+        let b = announce_backoff(i);
+        let steps: Vec<u128> = (1..=8).map(|n| b.delay(n).as_millis()).collect();
         assert_eq!(steps, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]);
-        assert_eq!(backoff(1000, i), i, "no overflow");
-        assert_eq!(backoff(3, Duration::from_secs(1)), Duration::from_secs(1));
+        assert_eq!(b.delay(1000), i, "no overflow");
+        let steps: Vec<u128> = (1..=5)
+            .map(|n| DEREGISTER_BACKOFF.delay(n).as_millis())
+            .collect();
+        assert_eq!(steps, [200, 400, 800, 1000, 1000]);
     }
 
     #[test]

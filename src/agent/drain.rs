@@ -226,24 +226,23 @@ impl DrainArgs {
 /// Ask the local agent to drain; returns when it is done.
 pub async fn request(target: &DrainTarget) -> Result<DrainReport, AgentError> {
     let url = format!("http://{}/drain", target.addr);
-    let client = reqwest::Client::builder()
-        .timeout(target.timeout)
-        .connect_timeout(Duration::from_secs(2))
-        .no_proxy()
-        .build()
-        .map_err(|e| AgentError::Http(e.to_string()))?;
+    let client = crate::fetch::client(crate::fetch::Bounds {
+        connect_timeout: Duration::from_secs(2),
+        ..crate::fetch::Bounds::timeout(target.timeout)
+    })
+    .map_err(|e| AgentError::Http(e.to_string()))?;
     let resp = client
         .post(&url)
         .send()
         .await
         .map_err(|e| AgentError::NoAgent {
             url: url.clone(),
-            message: super::probe::root_cause(&e),
+            message: crate::fetch::root_cause(&e),
         })?;
     let status = resp.status();
     let body = resp.bytes().await.map_err(|e| AgentError::NoAgent {
         url: url.clone(),
-        message: super::probe::root_cause(&e),
+        message: crate::fetch::root_cause(&e),
     })?;
     if !status.is_success() {
         let message = serde_json::from_slice::<crate::protocol::ErrorBody>(&body)

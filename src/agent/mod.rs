@@ -217,16 +217,15 @@ impl Shared {
     }
 }
 
+/// The agent's client: a fresh connection per call (announces and probes
+/// are seconds apart; an idle connection would outlive an LB's restart).
 pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::Client, AgentError> {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .pool_max_idle_per_host(0)
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("roster-agent/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| AgentError::Http(e.to_string()))
+    crate::fetch::client(crate::fetch::Bounds {
+        idle_per_host: 0,
+        user_agent: concat!("roster-agent/", env!("CARGO_PKG_VERSION")),
+        ..crate::fetch::Bounds::timeout(timeout)
+    })
+    .map_err(|e| AgentError::Http(e.to_string()))
 }
 
 /// An agent ready to start: [`Agent::spawn`] binds the vitals port and
@@ -395,16 +394,11 @@ impl AgentHandle {
 
     /// Drain on SIGTERM or SIGINT (Ctrl-C).
     pub fn drain_on_signals(&self) -> io::Result<()> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
+        let mut signals = crate::signals::StopSignals::new()?;
         let me = self.clone();
         tokio::spawn(async move {
             loop {
-                let name = tokio::select! {
-                    _ = term.recv() => "SIGTERM",
-                    _ = int.recv() => "SIGINT",
-                };
+                let name = signals.recv().await.name();
                 if me.is_draining() {
                     tracing::info!(signal = name, "already draining");
                 } else {
@@ -420,7 +414,6 @@ impl AgentHandle {
 /// `roster agent`: run until drained (SIGTERM, SIGINT or `roster agent
 /// drain`). A second signal during the drain stops at once.
 pub async fn run(config: Config) -> Result<(), AgentError> {
-    use tokio::signal::unix::{SignalKind, signal};
     let mut settings = Settings::from_config(&config)?;
     if settings.resources == ResourceMode::Auto {
         // A sidecar's own cgroup is its container, not the app's: report
@@ -428,11 +421,10 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         settings.resources = ResourceMode::Host;
     }
     let agent = Agent::new(settings).spawn().await?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let mut signals = crate::signals::StopSignals::new()?;
     let drained = agent.drained();
     tokio::pin!(drained);
-    let mut signals = 0;
+    let mut received = 0;
     loop {
         let name = tokio::select! {
             report = &mut drained => {
@@ -444,11 +436,10 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
                 );
                 return Ok(());
             }
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+            stop = signals.recv() => stop.name(),
         };
-        signals += 1;
-        if signals > 1 {
+        received += 1;
+        if received > 1 {
             tracing::warn!(
                 signal = name,
                 "second signal: stopping without finishing the drain"

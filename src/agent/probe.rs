@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::AgentError;
+use crate::fetch::{FetchError, root_cause};
 
 /// Time allowed for one probe or app-vitals fetch.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -173,47 +174,14 @@ impl Sources {
         }
     }
 
-    async fn fetch_app_vitals(&self) -> Result<Option<AppVitals>, String> {
+    async fn fetch_app_vitals(&self) -> Result<Option<AppVitals>, FetchError> {
         let Some(url) = &self.vitals_url else {
             return Ok(None);
         };
-        let mut resp = self
-            .client
-            .get(url)
-            .send()
+        crate::fetch::get_json(&self.client, url, MAX_APP_VITALS_BYTES, PROBE_TIMEOUT)
             .await
-            .map_err(|e| format!("GET {url}: {}", root_cause(&e)))?;
-        if !resp.status().is_success() {
-            return Err(format!("GET {url}: status {}", resp.status()));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| format!("GET {url}: {}", root_cause(&e)))?
-        {
-            if body.len() + chunk.len() > MAX_APP_VITALS_BYTES {
-                return Err(format!(
-                    "GET {url}: larger than {MAX_APP_VITALS_BYTES} bytes"
-                ));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        serde_json::from_slice(&body)
             .map(Some)
-            .map_err(|e| format!("GET {url}: invalid JSON: {e}"))
     }
-}
-
-/// reqwest's Display hides the cause ("error sending request").
-pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg = s.to_string();
-        src = s.source();
-    }
-    msg
 }
 
 #[cfg(test)]

@@ -108,8 +108,8 @@ pub(crate) struct AgentMetrics {
     peers: IntGauge,
     backoff: IntGauge,
     uptime: IntGauge,
-    /// `roster_agent_announces_total{result}`: ok, error, throttled.
-    pub announces: IntCounterVec,
+    /// `roster_agent_announces_total{result}`.
+    announces: IntCounterVec,
     /// Serializes scrapes: the failed counter is advanced by differences.
     render: Mutex<()>,
 }
@@ -127,6 +127,16 @@ fn build_info(version: &str) -> IntGaugeVec {
     build
 }
 
+crate::telemetry::label_values! {
+    /// `roster_agent_announces_total{result}`: how one `POST /register` ended.
+    pub(crate) enum AnnounceResult {
+        Ok => "ok",
+        Error => "error",
+        /// The LB answered 429/503 with `Retry-After`.
+        Throttled => "throttled",
+    }
+}
+
 /// `roster_agent_announces_total{result}`, every result present from the start.
 fn announces_total() -> IntCounterVec {
     let announces = IntCounterVec::new(
@@ -137,13 +147,18 @@ fn announces_total() -> IntCounterVec {
         &["result"],
     )
     .expect("metric");
-    for r in ["ok", "error", "throttled"] {
-        announces.with_label_values(&[r]);
+    for r in AnnounceResult::ALL {
+        announces.with_label_values(&[r.as_str()]);
     }
     announces
 }
 
 impl AgentMetrics {
+    /// Count one announce by how it ended.
+    pub fn count_announce(&self, result: AnnounceResult) {
+        self.announces.with_label_values(&[result.as_str()]).inc();
+    }
+
     pub fn new(version: &str) -> Self {
         let registry = Registry::new();
         let gauge = |n: &str, h: &str| IntGauge::new(n, h).expect("metric");

@@ -530,25 +530,9 @@ impl Config {
     }
 }
 
-/// What `humantime` accepts ("500ms", "5s", "1m 30s"), for the JSON Schema.
-pub const DURATION_PATTERN: &str = r"^\s*([0-9]+\s*(nanos|nsec|ns|usec|us|µs|millis|msec|ms|seconds|second|secs|sec|s|minutes|minute|mins|min|m|hours|hour|hrs|hr|h|days|day|d|weeks|week|wks|wk|w|months|month|M|years|year|yrs|yr|y)\s*)+$";
-
-/// JSON Schema of a humantime duration string.
-pub fn duration_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({
-        "type": "string",
-        "pattern": DURATION_PATTERN,
-        "examples": ["5s", "500ms", "1m 30s"],
-    })
-}
-
-/// Parse a humantime duration for a clap flag ("500ms", "5s", "1m").
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| e.to_string())
-}
-
 mod agent;
 mod args;
+mod duration;
 mod services;
 #[cfg(test)]
 mod tests;
@@ -556,4 +540,5 @@ mod validate;
 
 pub use agent::{AgentConfig, DiscoveryConfig, ResourceMode};
 pub use args::{AgentSections, ConfigArgs, LbArgs, LbSections, Overlay, Sections};
+pub use duration::{DURATION_UNITS, duration_pattern, duration_schema, parse_duration};
 pub use services::{RouteConfig, ServiceCheckConfig, ServiceConfig, ServiceSettings};

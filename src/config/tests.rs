@@ -115,3 +115,39 @@ fn schema_names_seed_keys() {
         assert!(schema.contains(key), "{key}");
     }
 }
+
+/// The duration grammar has one list of units; humantime, the chart's
+/// `roster.seconds` helper (and kit.py, which reads the helper) agree with it.
+#[test]
+fn duration_units_match_humantime_and_the_chart() {
+    use super::{DURATION_UNITS, duration_pattern};
+    for (unit, seconds) in DURATION_UNITS {
+        let d = humantime::parse_duration(&format!("3{unit}")).unwrap();
+        let want = 3.0 * seconds;
+        assert!((d.as_secs_f64() - want).abs() <= want * 1e-9, "{unit}");
+    }
+    let helpers = include_str!("../../charts/roster/templates/_helpers.tpl");
+    let dict = helpers
+        .split("$units := dict ")
+        .nth(1)
+        .and_then(|rest| rest.split(" -}}").next())
+        .expect("the units of roster.seconds");
+    let words: Vec<&str> = dict.split_whitespace().collect();
+    let chart: std::collections::BTreeMap<&str, f64> = words
+        .chunks(2)
+        .map(|p| (p[0].trim_matches('"'), p[1].parse().expect("seconds")))
+        .collect();
+    let ours = DURATION_UNITS.iter().copied().collect();
+    assert_eq!(
+        chart, ours,
+        "charts/roster/templates/_helpers.tpl roster.seconds"
+    );
+    let pattern = regex::Regex::new(&duration_pattern()).unwrap();
+    for ok in ["5s", "500ms", "1m 30s", " 2µs ", "1h30m", "3 days"] {
+        assert!(pattern.is_match(ok), "{ok}");
+        assert!(humantime::parse_duration(ok.trim()).is_ok(), "{ok}");
+    }
+    for bad in ["", "5", "s", "5 parsecs", "1.5s", "-1s"] {
+        assert!(!pattern.is_match(bad), "{bad}");
+    }
+}

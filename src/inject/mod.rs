@@ -32,6 +32,7 @@ pub use patch::{InjectConfig, Injection, OptIn, TokenSource, inject, inject_with
 
 use crate::Error;
 use crate::config::{ConfigError, parse_duration};
+use crate::helm::is_quantity;
 
 /// How often the TLS files are checked for a change.
 const FILE_POLL: Duration = Duration::from_secs(2);
@@ -270,42 +271,6 @@ fn parse_resources(json: &str) -> Result<ResourceRequirements, String> {
     serde_json::from_value(serde_json::Value::Object(normalized)).map_err(|e| e.to_string())
 }
 
-/// A Kubernetes quantity: a non-negative decimal, then an optional binary
-/// (Ki..Ei), decimal (n, u, m, k, M..E) or exponent suffix.
-pub fn is_quantity(s: &str) -> bool {
-    let s = s.strip_prefix('+').unwrap_or(s);
-    let end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, suffix) = s.split_at(end);
-    let digits_ok = match num.split_once('.') {
-        Some((a, b)) => (!a.is_empty() || !b.is_empty()) && !b.contains('.'),
-        None => !num.is_empty(),
-    };
-    let suffix_ok = matches!(
-        suffix,
-        "" | "Ki"
-            | "Mi"
-            | "Gi"
-            | "Ti"
-            | "Pi"
-            | "Ei"
-            | "n"
-            | "u"
-            | "m"
-            | "k"
-            | "M"
-            | "G"
-            | "T"
-            | "P"
-            | "E"
-    ) || suffix
-        .strip_prefix(['e', 'E'])
-        .map(|e| e.strip_prefix(['+', '-']).unwrap_or(e))
-        .is_some_and(|e| !e.is_empty() && e.chars().all(|c| c.is_ascii_digit()));
-    digits_ok && suffix_ok
-}
-
 /// `--generate-cert DIR`: write a CA and a serving certificate, return the names used.
 pub fn generate_cert(args: &InjectArgs, dir: &std::path::Path) -> Result<Vec<String>, Error> {
     let names = if args.dns_names.is_empty() {
@@ -397,18 +362,8 @@ pub async fn run(args: InjectArgs) -> Result<(), Error> {
 }
 
 async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping"),
-    }
+    let stop = crate::signals::next_stop().await;
+    tracing::info!("{}: stopping", stop.name());
 }
 
 #[cfg(test)]

@@ -32,8 +32,10 @@ use axum::routing::{delete, get, post};
 use serde::de::DeserializeOwned;
 
 use super::State;
+use super::auth::AuthError;
 use crate::protocol::{ErrorBody, Registration};
 use crate::registry::{Outcome, RegisterError, Removal};
+use crate::telemetry::{DeregistrationReason, RegistrationResult};
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -87,6 +89,25 @@ impl From<RegisterError> for ApiError {
             RegisterError::Full(_) => StatusCode::TOO_MANY_REQUESTS,
         };
         Self::new(status, e.to_string())
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let status = match e {
+            AuthError::MissingToken
+            | AuthError::MissingWriteToken
+            | AuthError::InvalidToken
+            | AuthError::Denied(_) => StatusCode::UNAUTHORIZED,
+            AuthError::NotThePod { .. } => StatusCode::FORBIDDEN,
+            AuthError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AuthError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        };
+        let api = Self::new(status, e.to_string());
+        match e {
+            AuthError::RateLimited { retry_after } => api.retry_after(retry_after),
+            _ => api,
+        }
     }
 }
 
@@ -184,12 +205,12 @@ async fn rate_limit(AxState(st): AxState<Arc<State>>, req: Request, next: Next) 
         .map(|c| c.0.ip().to_canonical());
     match st.auth.rate_limit(ip) {
         Ok(()) => next.run(req).await,
-        Err((e, retry_after)) => {
+        Err(e) => {
             st.metrics
                 .registrations
-                .with_label_values(&["rate_limited"])
+                .with_label_values(&[RegistrationResult::RateLimited.as_str()])
                 .inc();
-            e.retry_after(retry_after).into_response()
+            ApiError::from(e).into_response()
         }
     }
 }
@@ -225,25 +246,26 @@ async fn register(
         })
     }
     .await;
+    let count = |r: RegistrationResult| m.registrations.with_label_values(&[r.as_str()]).inc();
     let registered = result.inspect_err(|e| {
-        let label = match e.status {
-            StatusCode::UNAUTHORIZED => "unauthorized",
-            StatusCode::FORBIDDEN => "forbidden",
-            StatusCode::TOO_MANY_REQUESTS => "full",
-            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
-            _ => "invalid",
-        };
-        m.registrations.with_label_values(&[label]).inc();
+        // Every refusal has its own status, so the status names it.
+        count(match e.status {
+            StatusCode::UNAUTHORIZED => RegistrationResult::Unauthorized,
+            StatusCode::FORBIDDEN => RegistrationResult::Forbidden,
+            StatusCode::TOO_MANY_REQUESTS => RegistrationResult::Full,
+            StatusCode::SERVICE_UNAVAILABLE => RegistrationResult::Unavailable,
+            _ => RegistrationResult::Invalid,
+        })
     })?;
     let (outcome, resp) = (registered.outcome, registered.response);
-    let (status, label) = match outcome {
-        Outcome::Created => (StatusCode::CREATED, "created"),
-        Outcome::Renewed => (StatusCode::OK, "renewed"),
+    let (status, result) = match outcome {
+        Outcome::Created => (StatusCode::CREATED, RegistrationResult::Created),
+        Outcome::Renewed => (StatusCode::OK, RegistrationResult::Renewed),
     };
     if outcome == Outcome::Created {
         tracing::info!(id = %resp.id, address = %resp.address, "registered");
     }
-    m.registrations.with_label_values(&[label]).inc();
+    count(result);
     Ok((status, Json(resp)).into_response())
 }
 
@@ -272,7 +294,7 @@ async fn deregister(
             tracing::info!(%id, %service, draining = removal == Removal::Draining, "deregistered");
             st.metrics
                 .deregistrations
-                .with_label_values(&["deleted"])
+                .with_label_values(&[DeregistrationReason::Deleted.as_str()])
                 .inc();
             Ok(StatusCode::NO_CONTENT)
         }
@@ -393,6 +415,47 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn auth_errors_keep_their_status_and_text() {
+        use crate::lb::auth::Denial;
+        let cases = [
+            (
+                AuthError::MissingToken,
+                401,
+                "missing Authorization: Bearer token",
+            ),
+            (AuthError::InvalidToken, 401, "invalid bearer token"),
+            (
+                Denial::Rejected {
+                    reason: Some("expired".into()),
+                }
+                .into(),
+                401,
+                "token rejected by the Kubernetes API: expired",
+            ),
+            (
+                AuthError::NotThePod {
+                    ip: "10.0.0.9".parse().unwrap(),
+                    namespace: "ns".into(),
+                    pod: "p".into(),
+                },
+                403,
+                "address: 10.0.0.9 is not an IP of pod ns/p (kubernetes_auth)",
+            ),
+            (
+                AuthError::RateLimited { retry_after: 3 },
+                429,
+                "rate limit exceeded for this source address (registration.rate_limit)",
+            ),
+        ];
+        for (e, status, text) in cases {
+            let api = ApiError::from(e);
+            assert_eq!((api.status.as_u16(), api.message.as_str()), (status, text));
+        }
+        let api = ApiError::from(AuthError::RateLimited { retry_after: 3 });
+        assert_eq!(api.retry_after, Some(3));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use k8s_openapi::api::authentication::v1::{
@@ -32,7 +32,6 @@ use parking_lot::Mutex;
 use subtle::ConstantTimeEq;
 use tokio::sync::OnceCell;
 
-use super::api::ApiError;
 use crate::config::RegistrationConfig;
 
 /// How long a TokenReview + Pod verdict is reused.
@@ -126,8 +125,73 @@ pub struct PodIdentity {
     pub ips: Vec<IpAddr>,
 }
 
+/// Why a call may not change or read the registry. The API turns each into
+/// its status (`From<AuthError> for ApiError`); the text is the body.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing Authorization: Bearer token")]
+    MissingToken,
+    /// A write without credentials names the settings that ask for one.
+    #[error("missing Authorization: Bearer token (registration.token_file / kubernetes_auth)")]
+    MissingWriteToken,
+    #[error("invalid bearer token")]
+    InvalidToken,
+    #[error(transparent)]
+    Denied(#[from] Denial),
+    /// The Kubernetes API could not be asked: not the caller's fault.
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+    #[error("address: {ip} is not an IP of pod {namespace}/{pod} (kubernetes_auth)")]
+    NotThePod {
+        ip: IpAddr,
+        namespace: String,
+        pod: String,
+    },
+    #[error("rate limit exceeded for this source address (registration.rate_limit)")]
+    RateLimited {
+        /// Whole seconds until the source may call again (≥ 1).
+        retry_after: u64,
+    },
+}
+
+/// The Kubernetes API's refusal of a token; cached like an identity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denial {
+    #[error("bearer token is not valid UTF-8")]
+    NotUtf8,
+    #[error("token rejected by the Kubernetes API{}", .reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Rejected { reason: Option<String> },
+    #[error("token is not for audience {audience:?}")]
+    WrongAudience { audience: String },
+    #[error("token is not a ServiceAccount token")]
+    NotServiceAccount,
+    #[error("token is not bound to a pod (use a projected token)")]
+    NotBoundToPod,
+    #[error("pod {namespace}/{pod} not found")]
+    PodNotFound { namespace: String, pod: String },
+    #[error("pod {namespace}/{pod} was replaced (uid differs)")]
+    PodReplaced { namespace: String, pod: String },
+}
+
+/// The Kubernetes API did not answer; never cached.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    // The cause stays in the text too: it is what the agent's log shows.
+    #[error("cannot reach the Kubernetes API: {0}")]
+    Client(#[source] kube::Error),
+    #[error("TokenReview failed: {0}")]
+    TokenReview(#[source] kube::Error),
+    #[error("reading pod {namespace}/{pod}: {source}")]
+    ReadPod {
+        namespace: String,
+        pod: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
 /// A cached verdict: when it was reached, and the identity or the refusal.
-type Cached = (Instant, Result<PodIdentity, String>);
+type Cached = (Instant, Result<PodIdentity, Denial>);
 
 /// Validates ServiceAccount tokens with TokenReview and reads the pod.
 pub struct KubeAuth {
@@ -168,41 +232,39 @@ impl KubeAuth {
         me
     }
 
-    async fn client(&self) -> Result<&kube::Client, String> {
+    async fn client(&self) -> Result<&kube::Client, Unavailable> {
         self.client
             .get_or_try_init(|| async { kube::Client::try_default().await })
             .await
-            .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))
+            .map_err(Unavailable::Client)
     }
 
     /// Identify the pod behind a token (cached).
-    pub async fn identify(&self, token: &[u8]) -> Result<PodIdentity, ApiError> {
+    pub async fn identify(&self, token: &[u8]) -> Result<PodIdentity, AuthError> {
         let key = token_key(token);
         if let Some((at, verdict)) = self.cache.lock().get(&key).cloned()
             && at.elapsed() < K8S_CACHE_TTL
         {
-            return verdict.map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e));
+            return verdict.map_err(AuthError::Denied);
         }
         let verdict = match self.review(token).await {
             Ok(v) => Ok(v),
-            Err(Verdict::Denied(e)) => Err(e),
+            Err(AuthError::Denied(d)) => Err(d),
             // API trouble is not the agent's fault and is not cached.
-            Err(Verdict::Unavailable(e)) => {
-                return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e));
-            }
+            Err(e) => return Err(e),
         };
         let mut cache = self.cache.lock();
         if cache.len() > 100_000 {
             cache.retain(|_, (at, _)| at.elapsed() < K8S_CACHE_TTL);
         }
         cache.insert(key, (Instant::now(), verdict.clone()));
-        verdict.map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e))
+        verdict.map_err(AuthError::Denied)
     }
 
-    async fn review(&self, token: &[u8]) -> Result<PodIdentity, Verdict> {
-        let client = self.client().await.map_err(Verdict::Unavailable)?.clone();
-        let token = String::from_utf8(token.to_vec())
-            .map_err(|_| Verdict::Denied("bearer token is not valid UTF-8".into()))?;
+    /// `Denied` or `Unavailable`: only a denial is a verdict worth caching.
+    async fn review(&self, token: &[u8]) -> Result<PodIdentity, AuthError> {
+        let client = self.client().await?.clone();
+        let token = String::from_utf8(token.to_vec()).map_err(|_| Denial::NotUtf8)?;
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token,
@@ -214,7 +276,7 @@ impl KubeAuth {
         let answer = reviews
             .create(&PostParams::default(), &review)
             .await
-            .map_err(|e| Verdict::Unavailable(format!("TokenReview failed: {e}")))?;
+            .map_err(Unavailable::TokenReview)?;
         let user = self.authenticated(answer.status.unwrap_or_default())?;
         let extra = user.extra.unwrap_or_default();
         let claim = |k: &str| extra.get(k).and_then(|v| v.first()).cloned();
@@ -224,21 +286,32 @@ impl KubeAuth {
             .and_then(|u| u.strip_prefix("system:serviceaccount:"))
             .and_then(|rest| rest.split(':').next())
             .map(String::from)
-            .ok_or_else(|| Verdict::Denied("token is not a ServiceAccount token".into()))?;
-        let pod_name = claim("authentication.kubernetes.io/pod-name").ok_or_else(|| {
-            Verdict::Denied("token is not bound to a pod (use a projected token)".into())
-        })?;
+            .ok_or(Denial::NotServiceAccount)?;
+        let pod_name =
+            claim("authentication.kubernetes.io/pod-name").ok_or(Denial::NotBoundToPod)?;
         let pod_uid = claim("authentication.kubernetes.io/pod-uid");
         let pods: Api<Pod> = Api::namespaced(client, &namespace);
-        let pod = pods.get_opt(&pod_name).await.map_err(|e| {
-            Verdict::Unavailable(format!("reading pod {namespace}/{pod_name}: {e}"))
-        })?;
-        let pod =
-            pod.ok_or_else(|| Verdict::Denied(format!("pod {namespace}/{pod_name} not found")))?;
+        let pod = pods
+            .get_opt(&pod_name)
+            .await
+            .map_err(|source| Unavailable::ReadPod {
+                namespace: namespace.clone(),
+                pod: pod_name.clone(),
+                source,
+            })?;
+        let Some(pod) = pod else {
+            return Err(Denial::PodNotFound {
+                namespace,
+                pod: pod_name,
+            }
+            .into());
+        };
         if pod_uid.is_some() && pod.metadata.uid != pod_uid {
-            return Err(Verdict::Denied(format!(
-                "pod {namespace}/{pod_name} was replaced (uid differs)"
-            )));
+            return Err(Denial::PodReplaced {
+                namespace,
+                pod: pod_name,
+            }
+            .into());
         }
         Ok(PodIdentity {
             namespace,
@@ -248,12 +321,11 @@ impl KubeAuth {
     }
 
     /// The reviewed user, once the API authenticated the token for our audience.
-    fn authenticated(&self, status: TokenReviewStatus) -> Result<UserInfo, Verdict> {
+    fn authenticated(&self, status: TokenReviewStatus) -> Result<UserInfo, Denial> {
         if status.authenticated != Some(true) {
-            return Err(Verdict::Denied(format!(
-                "token rejected by the Kubernetes API{}",
-                status.error.map(|e| format!(": {e}")).unwrap_or_default()
-            )));
+            return Err(Denial::Rejected {
+                reason: status.error,
+            });
         }
         if !status
             .audiences
@@ -261,10 +333,9 @@ impl KubeAuth {
             .iter()
             .any(|a| a == &self.audience)
         {
-            return Err(Verdict::Denied(format!(
-                "token is not for audience {:?}",
-                self.audience
-            )));
+            return Err(Denial::WrongAudience {
+                audience: self.audience.clone(),
+            });
         }
         Ok(status.user.unwrap_or_default())
     }
@@ -286,11 +357,6 @@ fn pod_ips(status: PodStatus) -> Vec<IpAddr> {
     ips
 }
 
-enum Verdict {
-    Denied(String),
-    Unavailable(String),
-}
-
 /// Everything `registration:` says about who may call the control API.
 pub struct Auth {
     token: Option<TokenFile>,
@@ -305,10 +371,6 @@ fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
         .strip_prefix(b"Bearer ")
         .or_else(|| v.strip_prefix(b"bearer "))?;
     Some(rest.trim_ascii())
-}
-
-fn unauthorized(msg: &str) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, msg)
 }
 
 impl Auth {
@@ -336,20 +398,16 @@ impl Auth {
     }
 
     /// 429 with `Retry-After` when `ip` is over its rate.
-    pub fn rate_limit(&self, ip: Option<IpAddr>) -> Result<(), (ApiError, u64)> {
+    pub fn rate_limit(&self, ip: Option<IpAddr>) -> Result<(), AuthError> {
         let (Some(limiter), Some(ip)) = (&self.limiter, ip) else {
             return Ok(());
         };
         limiter.check_key(&ip).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            (
-                ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate limit exceeded for this source address (registration.rate_limit)",
-                ),
-                secs.max(1),
-            )
+            AuthError::RateLimited {
+                retry_after: secs.max(1),
+            }
         })
     }
 
@@ -362,14 +420,12 @@ impl Auth {
     }
 
     /// May the caller change the entry at `ip`? `Ok` when auth is off.
-    pub async fn authorize_write(&self, headers: &HeaderMap, ip: IpAddr) -> Result<(), ApiError> {
+    pub async fn authorize_write(&self, headers: &HeaderMap, ip: IpAddr) -> Result<(), AuthError> {
         if self.token.is_none() && self.kube.is_none() {
             return Ok(());
         }
         let Some(presented) = bearer(headers) else {
-            return Err(unauthorized(
-                "missing Authorization: Bearer token (registration.token_file / kubernetes_auth)",
-            ));
+            return Err(AuthError::MissingWriteToken);
         };
         if let Some(t) = &self.token
             && t.matches(presented)
@@ -377,24 +433,22 @@ impl Auth {
             return Ok(());
         }
         let Some(kube) = &self.kube else {
-            return Err(unauthorized("invalid bearer token"));
+            return Err(AuthError::InvalidToken);
         };
         let who = kube.identify(presented).await?;
         if who.ips.contains(&ip) {
             Ok(())
         } else {
-            Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "address: {ip} is not an IP of pod {}/{} (kubernetes_auth)",
-                    who.namespace, who.pod
-                ),
-            ))
+            Err(AuthError::NotThePod {
+                ip,
+                namespace: who.namespace,
+                pod: who.pod,
+            })
         }
     }
 
     /// May the caller read the registry? Open unless `protect_reads`.
-    pub async fn authorize_read(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    pub async fn authorize_read(&self, headers: &HeaderMap) -> Result<(), AuthError> {
         if !self.protect_reads {
             return Ok(());
         }
@@ -402,12 +456,12 @@ impl Auth {
     }
 
     /// Does the caller hold any valid credential? `Ok` when auth is off.
-    pub async fn authorize_any(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    pub async fn authorize_any(&self, headers: &HeaderMap) -> Result<(), AuthError> {
         if self.token.is_none() && self.kube.is_none() {
             return Ok(());
         }
         let Some(presented) = bearer(headers) else {
-            return Err(unauthorized("missing Authorization: Bearer token"));
+            return Err(AuthError::MissingToken);
         };
         if let Some(t) = &self.token
             && t.matches(presented)
@@ -416,7 +470,7 @@ impl Auth {
         }
         match &self.kube {
             Some(kube) => kube.identify(presented).await.map(|_| ()),
-            None => Err(unauthorized("invalid bearer token")),
+            None => Err(AuthError::InvalidToken),
         }
     }
 }
@@ -472,9 +526,11 @@ mod tests {
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         assert!(a.rate_limit(Some(ip)).is_ok());
         assert!(a.rate_limit(Some(ip)).is_ok());
-        let (e, retry) = a.rate_limit(Some(ip)).unwrap_err();
-        assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
-        assert!(retry >= 1);
+        let e = a.rate_limit(Some(ip)).unwrap_err();
+        assert!(
+            matches!(e, AuthError::RateLimited { retry_after } if retry_after >= 1),
+            "{e:?}"
+        );
         // Other sources are not affected.
         assert!(a.rate_limit(Some("10.0.0.2".parse().unwrap())).is_ok());
     }

@@ -19,7 +19,8 @@ use super::tls::CertStore;
 use super::upgrade::Upgrades;
 use crate::config::Config;
 use crate::registry::Change;
-use crate::telemetry::BackendRequests;
+use crate::signals::Stop;
+use crate::telemetry::{BackendRequests, DeregistrationReason, ReloadResult};
 
 pub(super) struct Control {
     state: Arc<State>,
@@ -212,7 +213,7 @@ impl State {
                 tracing::warn!(%id, "lease expired: removed");
                 self.metrics
                     .deregistrations
-                    .with_label_values(&["expired"])
+                    .with_label_values(&[DeregistrationReason::Expired.as_str()])
                     .inc();
             }
         }
@@ -239,12 +240,18 @@ impl State {
                     tracing::info!(path = %path.display(), routes = routes.view().routes.len(), "routes reloaded");
                     self.set_routes(routes);
                     *self.route_error.lock() = None;
-                    self.metrics.reloads.with_label_values(&["ok"]).inc();
+                    self.metrics
+                        .reloads
+                        .with_label_values(&[ReloadResult::Ok.as_str()])
+                        .inc();
                 }
                 Err(e) => {
                     tracing::error!(path = %path.display(), error = %e, "routes not reloaded: keeping the ones in force");
                     *self.route_error.lock() = Some(e.to_string());
-                    self.metrics.reloads.with_label_values(&["refused"]).inc();
+                    self.metrics
+                        .reloads
+                        .with_label_values(&[ReloadResult::Refused.as_str()])
+                        .inc();
                 }
             }
         }
@@ -288,23 +295,15 @@ impl Signals {
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = term.recv() => {
+        match crate::signals::next_stop().await {
+            Stop::Term => {
                 self.state.shutting_down.store(true, Ordering::Relaxed);
                 let delay = self.state.config.lb.shutdown_delay;
                 tracing::info!(delay = ?delay, "SIGTERM: readyz now 503; still accepting for shutdown_delay");
                 tokio::time::sleep(delay).await;
                 ShutdownSignal::GracefulTerminate
             }
-            _ = int.recv() => ShutdownSignal::FastShutdown,
+            Stop::Int => ShutdownSignal::FastShutdown,
         }
     }
 }

@@ -35,16 +35,6 @@ impl CheckResult {
         }
     }
 
-    /// Label for `roster_lb_health_checks_total{result}`.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Self::Ready(_) => "ready",
-            Self::NotReady(_) => "not_ready",
-            Self::Failed(_) => "failed",
-            Self::Stranger(_) => "id_mismatch",
-        }
-    }
-
     /// Why the entry is out, if it is.
     pub fn error(&self) -> Option<String> {
         match self {

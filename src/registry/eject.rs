@@ -30,8 +30,7 @@ impl Registry {
             e.ejections = 0;
         }
         e.ejections = e.ejections.saturating_add(1);
-        let factor = 2u32.saturating_pow(e.ejections.saturating_sub(1).min(20));
-        let length = base.saturating_mul(factor).min(max);
+        let length = crate::backoff::Backoff::new(base, max).delay(e.ejections);
         e.ejected_until = Some(now + length);
         e.last_ejected = Some(now);
         e.eject_reason = Some(reason);

@@ -15,17 +15,18 @@ pub struct Thresholds {
     pub healthy: u32,
 }
 
-/// What one check saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Observation {
-    /// 2xx with vitals saying `"ready": true`.
-    Ready,
-    /// 2xx with vitals saying `"ready": false`.
-    NotReady,
-    /// Unreachable, timeout, non-2xx or bad JSON.
-    Failed,
-    /// The vitals carry another id: this address is someone else now.
-    Stranger,
+crate::telemetry::label_values! {
+    /// What one check saw; also `roster_lb_health_checks_total{result}`.
+    pub enum Observation {
+        /// 2xx with vitals saying `"ready": true`.
+        Ready => "ready",
+        /// 2xx with vitals saying `"ready": false`.
+        NotReady => "not_ready",
+        /// Unreachable, timeout, non-2xx or bad JSON.
+        Failed => "failed",
+        /// The vitals carry another id: this address is someone else now.
+        Stranger => "id_mismatch",
+    }
 }
 
 /// The health half of an entry.

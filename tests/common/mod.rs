@@ -288,11 +288,7 @@ impl Lb {
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .no_proxy()
-        .build()
-        .expect("client")
+    roster::fetch::client(roster::fetch::Bounds::timeout(Duration::from_secs(5))).expect("client")
 }
 
 /// Poll `f` every 50ms until true; panic after `limit`.
