@@ -20,7 +20,7 @@ use super::upgrade::{Listed, Upgrades};
 use super::{State, peer};
 use crate::protocol::Protocol;
 use crate::registry::Upstream;
-use crate::telemetry::CodeClass;
+use crate::telemetry::{CodeClass, EjectionReason};
 
 /// Lower case: pingora keeps the name as given for the wire.
 const XFF: &str = "x-forwarded-for";
@@ -307,7 +307,7 @@ impl ProxyHttp for Proxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         self.state.metrics.connect_failures.inc();
-        self.record_failure(ctx, "connect", "connect failures");
+        self.record_failure(ctx, EjectionReason::Connect, "connect failures");
         // Nothing reached the backend: another one can take the request.
         if attempts(ctx) <= retries(ctx) {
             e.set_retry(true);
@@ -340,7 +340,7 @@ impl ProxyHttp for Proxy {
                 ErrorType::ReadTimedout | ErrorType::WriteTimedout
             );
         if !deadline_passed {
-            self.record_failure(ctx, "reset", "resets or broken answers");
+            self.record_failure(ctx, EjectionReason::Reset, "resets or broken answers");
         }
         let lb = &self.state.config.lb;
         let req = session.req_header();
@@ -402,10 +402,14 @@ impl ProxyHttp for Proxy {
         match (ctx.failure, ctx.upstream_status) {
             // Counted where it happened (error_while_proxy).
             (Some(_), _) => {}
-            (None, Some(s)) if s >= 500 => self.record_failure(ctx, "5xx", "5xx answers"),
-            (None, Some(_)) if ctx.grpc_verdict == Some(Verdict::Failed) => {
-                self.record_failure(ctx, "grpc", "gRPC UNAVAILABLE/RESOURCE_EXHAUSTED answers")
+            (None, Some(s)) if s >= 500 => {
+                self.record_failure(ctx, EjectionReason::ServerError, "5xx answers")
             }
+            (None, Some(_)) if ctx.grpc_verdict == Some(Verdict::Failed) => self.record_failure(
+                ctx,
+                EjectionReason::Grpc,
+                "gRPC UNAVAILABLE/RESOURCE_EXHAUSTED answers",
+            ),
             (None, Some(_)) => {
                 if let Some(u) = &ctx.upstream {
                     u.0.failures.store(0, Ordering::Relaxed);
@@ -444,7 +448,7 @@ impl ProxyHttp for Proxy {
 
 impl Proxy {
     /// Count a failure on live traffic; eject after `lb.eject_after` in a row.
-    fn record_failure(&self, ctx: &Ctx, label: &'static str, what: &str) {
+    fn record_failure(&self, ctx: &Ctx, reason_label: EjectionReason, what: &str) {
         let lb = &self.state.config.lb;
         let Some(InFlight(u)) = &ctx.upstream else {
             return;
@@ -464,7 +468,7 @@ impl Proxy {
             self.state
                 .metrics
                 .ejections
-                .with_label_values(&[label])
+                .with_label_values(&[reason_label.as_str()])
                 .inc();
             tracing::warn!(id = %u.id, address = %u.addr, %reason, seconds = length.as_secs(), "backend ejected");
         }
