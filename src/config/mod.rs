@@ -210,8 +210,8 @@ pub struct LbConfig {
     pub algorithm: Algorithm,
     /// How `least_loaded` scores a backend: weights of this LB's in-flight
     /// requests, the backend's reported load and its GPU usage, e.g.
-    /// `in_flight=4,reported=1,gpu=0.5,latency=2` (the score is
-    /// `(load + 1) × (1 + response-time EWMA ms) ^ latency`).
+    /// `in_flight=4,reported=1,gpu=0.5,latency=3` (the score is
+    /// `(load + 1) × max(1, ewma / (2 × fastest)) ^ latency`, see the README).
     #[arg(
         id = "lb.load_score",
         required = false,

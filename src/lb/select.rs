@@ -34,8 +34,8 @@ use crate::registry::{Routable, Slot, Upstream};
 /// backend. The score is the weighted sum below, divided by the backend's
 /// weight; of two random candidates the lower score wins. By default a
 /// request this LB holds counts four times one the backend reports, GPU
-/// usage is ignored and response time is squared (bench part 7: with it the
-/// degraded backend's share fell from 6% to 0.1%, p99 from 23 to 7 ms).
+/// usage is ignored and a backend more than twice as slow as the fastest
+/// weighs its load by the cube of how much slower (bench part 7).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoadScore {
@@ -50,12 +50,14 @@ pub struct LoadScore {
     /// GPU backends such as model servers. 0 = ignored.
     pub gpu: f64,
     /// Response-time exponent: when > 0 the score becomes
-    /// `(sum above + 1) × (1 + response-time EWMA in ms) ^ latency`, in the
-    /// spirit of "peak EWMA" balancers. Queue lengths alone send a backend
-    /// that is ten times slower about as many requests as the others at
-    /// equal queues; with 1 a backend twice as slow counts twice its load,
-    /// with 2 four times. The EWMA is this LB's own view (every answer).
-    /// 0 = ignored.
+    /// `(sum above + 1) × max(1, ewma / (2 × fastest ewma)) ^ latency`, in
+    /// the spirit of "peak EWMA" balancers: `ewma` is this LB's moving
+    /// average of the backend's response time, `fastest` the lowest among
+    /// the candidates. Latencies within 2× of the fastest count as equal,
+    /// so idle backends of similar speed still share the traffic; a backend
+    /// ten times slower weighs its load ×125 at the default 3, where queue
+    /// lengths alone would give it about as many requests as the others at
+    /// equal queues. 0 = ignored.
     pub latency: f64,
 }
 
@@ -65,14 +67,15 @@ impl Default for LoadScore {
             in_flight: 4.0,
             reported: 1.0,
             gpu: 0.0,
-            latency: 2.0,
+            latency: 3.0,
         }
     }
 }
 
 impl LoadScore {
-    /// The backend's score before its weight is applied.
-    pub fn of(&self, u: &Upstream) -> f64 {
+    /// The backend's score before its weight is applied; `fastest_ms` is
+    /// [`LoadScore::fastest`] over the candidates it is compared with.
+    pub fn of(&self, u: &Upstream, fastest_ms: f64) -> f64 {
         let in_flight = u.in_flight.load(Ordering::Relaxed) as f64;
         let reported = u.reported_load.load(Ordering::Relaxed) as f64;
         // Stored in hundredths of a percent.
@@ -81,8 +84,27 @@ impl LoadScore {
         if self.latency == 0.0 {
             return load;
         }
+        let ms = u.latency_ms();
+        // No answer yet (or none from any candidate): no opinion.
+        let slower = if ms > 0.0 && fastest_ms > 0.0 {
+            (ms / (LATENCY_SLACK * fastest_ms)).max(1.0)
+        } else {
+            1.0
+        };
         // +1: an idle slow backend still scores above an idle fast one.
-        (load + 1.0) * (1.0 + u.latency_ms()).powf(self.latency)
+        (load + 1.0) * slower.powf(self.latency)
+    }
+
+    /// The lowest known response-time EWMA among `candidates`, in ms (0 when
+    /// none is known or the latency term is off).
+    pub fn fastest<'a>(&self, candidates: impl Iterator<Item = &'a Upstream>) -> f64 {
+        if self.latency == 0.0 {
+            return 0.0;
+        }
+        candidates
+            .map(Upstream::latency_ms)
+            .filter(|&ms| ms > 0.0)
+            .fold(0.0, |min, ms| if min == 0.0 { ms } else { min.min(ms) })
     }
 
     /// Every weight finite and ≥ 0 (`lb.load_score` validation).
@@ -129,6 +151,11 @@ impl std::str::FromStr for LoadScore {
         Ok(score)
     }
 }
+
+/// Response times within this factor of the fastest candidate's count as
+/// equal (`lb.load_score.latency`): without it, sequential requests to idle
+/// backends would all go to whichever measured a few µs faster.
+const LATENCY_SLACK: f64 = 2.0;
 
 /// One published set, flattened for picking.
 #[derive(Default)]
@@ -313,11 +340,12 @@ impl Selector {
         let n = t.backends.len();
         let r = splitmix64(self.cursor.fetch_add(GOLDEN, Ordering::Relaxed));
         let start = (((r & 0xffff_ffff) * n as u64) >> 32) as usize;
+        let fastest = self.score.fastest(t.upstreams.iter().map(|u| &**u));
         let mut best = start;
-        let mut best_score = self.score.of(&t.upstreams[start]);
+        let mut best_score = self.score.of(&t.upstreams[start], fastest);
         for k in 1..n {
             let i = (start + k) % n;
-            let score = self.score.of(&t.upstreams[i]);
+            let score = self.score.of(&t.upstreams[i], fastest);
             let (wi, wb) = (t.backends[i].weight as f64, t.backends[best].weight as f64);
             if score * wb < best_score * wi {
                 (best, best_score) = (i, score);
@@ -339,7 +367,10 @@ impl Selector {
         // Distinct from `a`, so the busiest never wins a draw against itself.
         let b = (((r >> 32) * (n - 1)) >> 32) as usize;
         let b = if b >= a { b + 1 } else { b };
-        let score = |i: usize| self.score.of(&t.upstreams[i]);
+        let fastest = self
+            .score
+            .fastest([&*t.upstreams[a], &*t.upstreams[b]].into_iter());
+        let score = |i: usize| self.score.of(&t.upstreams[i], fastest);
         let (wa, wb) = (t.backends[a].weight as f64, t.backends[b].weight as f64);
         // score_a / wa <= score_b / wb, without dividing.
         if score(a) * wb <= score(b) * wa { a } else { b }

@@ -113,28 +113,31 @@ fn load_score_weights_in_flight_reported_and_gpu() {
     u.gpu_usage.store(5_050, Ordering::Relaxed); // 50.5 %
     // The defaults: four points per own request, one per reported, no GPU;
     // + 1 for the response-time factor, which is 1 before any answer.
-    assert_eq!(LoadScore::default().of(&u), 12.0);
+    assert_eq!(LoadScore::default().of(&u, 0.0), 12.0);
     let gpu = LoadScore {
         in_flight: 1.0,
         reported: 0.0,
         gpu: 2.0,
         latency: 0.0,
     };
-    assert_eq!(gpu.of(&u), 2.0 + 101.0);
+    assert_eq!(gpu.of(&u, 0.0), 2.0 + 101.0);
 }
 
 #[test]
-fn latency_term_multiplies_the_load_by_the_response_time() {
+fn latency_term_multiplies_the_load_by_how_much_slower() {
     let u = upstream("10.0.0.1:80");
     u.in_flight.store(2, Ordering::Relaxed);
     let score = LoadScore {
         latency: 2.0,
         ..LoadScore::default()
     };
-    // No answer yet: (8 + 1) × (1 + 0)².
-    assert_eq!(score.of(&u), 9.0);
+    // No answer yet: (8 + 1) × 1.
+    assert_eq!(score.of(&u, 1.0), 9.0);
     u.observe_latency(Duration::from_millis(4)); // first sample taken whole
-    assert_eq!(score.of(&u), 9.0 * 25.0);
+    // Within 2× of the fastest (2 ms): no penalty.
+    assert_eq!(score.of(&u, 2.0), 9.0);
+    // Against a 0.5 ms fastest: (4 / 1)² = 16.
+    assert_eq!(score.of(&u, 0.5), 9.0 * 16.0);
     // Then an EWMA with weight 1/8: 4 ms → 4 - 0.5 + 12/8 = 5 ms.
     u.observe_latency(Duration::from_millis(12));
     assert_eq!(u.latency_ms(), 5.0);
@@ -143,14 +146,16 @@ fn latency_term_multiplies_the_load_by_the_response_time() {
         latency: 0.0,
         ..LoadScore::default()
     };
-    assert_eq!(queues_only.of(&u), 8.0);
+    assert_eq!(queues_only.of(&u, 0.5), 8.0);
+    assert_eq!(queues_only.fastest([&*u].into_iter()), 0.0);
+    assert_eq!(score.fastest([&*u].into_iter()), 5.0);
 }
 
 #[test]
 fn least_loaded_with_a_latency_term_spares_the_slow_backend() {
     let (slow, fast) = (upstream("10.0.0.1:80"), upstream("10.0.0.2:80"));
-    slow.observe_latency(Duration::from_millis(39));
-    fast.observe_latency(Duration::from_millis(3));
+    slow.observe_latency(Duration::from_millis(40));
+    fast.observe_latency(Duration::from_millis(4));
     fast.in_flight.store(2, Ordering::Relaxed);
     let members = [(&slow, 1), (&fast, 1)];
     // Queues alone: the idle slow backend wins.
@@ -159,15 +164,35 @@ fn least_loaded_with_a_latency_term_spares_the_slow_backend() {
         ..LoadScore::default()
     });
     assert_eq!(plain.pick(b"", 1, |_| true).unwrap().addr, slow.addr);
-    // (0+1)×40 = 40 against (8+1)×4 = 36: the fast one, though busier...
+    // (0+1)×(40/8)² = 25 against (8+1)×1 = 9: the fast one, though busier...
     let s = selector(Algorithm::LeastLoaded, &members).with_load_score(LoadScore {
-        latency: 1.0,
+        latency: 2.0,
         ..LoadScore::default()
     });
     assert_eq!(s.pick(b"", 1, |_| true).unwrap().addr, fast.addr);
-    // ...until it holds one request more: (12+1)×4 = 52.
-    fast.in_flight.store(3, Ordering::Relaxed);
+    // ...until it holds four requests more: (24+1)×1 = 25 ties, 29 loses.
+    fast.in_flight.store(7, Ordering::Relaxed);
     assert_eq!(s.pick(b"", 1, |_| true).unwrap().addr, slow.addr);
+}
+
+#[test]
+fn idle_backends_of_similar_speed_share_the_traffic() {
+    let ups: Vec<_> = (1..=3)
+        .map(|i| upstream(&format!("10.0.0.{i}:80")))
+        .collect();
+    // 1.0, 1.5 and 1.9 ms: all within 2× of the fastest.
+    for (u, us) in ups.iter().zip([1000, 1500, 1900]) {
+        u.observe_latency(Duration::from_micros(us));
+    }
+    let members: Vec<_> = ups.iter().map(|u| (u, 1)).collect();
+    let s = selector(Algorithm::LeastLoaded, &members);
+    let mut seen: HashMap<SocketAddr, u32> = HashMap::new();
+    for _ in 0..300 {
+        *seen
+            .entry(s.pick(b"", 1, |_| true).unwrap().addr)
+            .or_default() += 1;
+    }
+    assert!(seen.values().all(|&n| n > 50), "{seen:?}");
 }
 
 #[test]
