@@ -14,13 +14,13 @@ use axum::Router;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use common::{Lb, Proc, Server, client, free_addr, wait_for};
+use common::{Lb, Proc, Server, any_port, client, free_addr, wait_for};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
 /// An app the default TCP probe can reach.
 async fn app(ip: &str) -> Arc<Server> {
-    Server::start(free_addr(ip), Router::new().fallback(|| async { "app\n" })).await
+    Server::start(any_port(ip), Router::new().fallback(|| async { "app\n" })).await
 }
 
 /// `roster agent` announcing `address` with its vitals on `ip:<free port>`.
@@ -131,7 +131,7 @@ impl FakeLb {
             },
         );
         Self {
-            server: Server::start(free_addr(ip), router).await,
+            server: Server::start(any_port(ip), router).await,
             hits,
         }
     }
@@ -344,7 +344,7 @@ async fn app_health_and_app_vitals_are_merged() {
                     "connected_peers": 2, "backoff_requests": 1, "version": "2.0.0", "ignored": [1]}))
             }),
         );
-    let app = Server::start(free_addr("127.0.22.2"), router).await;
+    let app = Server::start(any_port("127.0.22.2"), router).await;
     let dead = free_addr("127.0.22.1").to_string();
     let (health, vit) = (
         format!("http://{}/healthz", app.addr),
