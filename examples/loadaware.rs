@@ -25,15 +25,14 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -194,14 +193,14 @@ async fn serve(l: TcpListener, b: Arc<Backend>, vitals: bool) {
     }
 }
 
-async fn handle(b: &Backend, vitals: bool, _req: Request<Incoming>) -> Response<Once> {
+async fn handle(b: &Backend, vitals: bool, _req: Request<Incoming>) -> Response<Full<Bytes>> {
     if vitals {
         let v = json!({
             "ready": true,
             "requests_in_progress": b.serving.load(Ordering::Relaxed),
             "backoff_requests": b.queued.load(Ordering::Relaxed),
         });
-        return Response::new(Once(Some(Bytes::from(v.to_string()))));
+        return Response::new(Full::new(Bytes::from(v.to_string())));
     }
     if !b.service.is_zero() {
         b.queued.fetch_add(1, Ordering::Relaxed);
@@ -212,7 +211,7 @@ async fn handle(b: &Backend, vitals: bool, _req: Request<Incoming>) -> Response<
         b.serving.fetch_sub(1, Ordering::Relaxed);
         drop(permit);
     }
-    Response::new(Once(Some(b.body.clone())))
+    Response::new(Full::new(b.body.clone()))
 }
 
 /// One client of a backend that no LB here routes: a request, then the
@@ -226,29 +225,6 @@ async fn external_client(b: Arc<Backend>) {
         tokio::time::sleep(b.service.max(Duration::from_millis(1))).await;
         b.serving.fetch_sub(1, Ordering::Relaxed);
         drop(permit);
-    }
-}
-
-/// A body sent in one frame with its exact length.
-struct Once(Option<Bytes>);
-
-impl Body for Once {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.take().map(|b| Ok(Frame::data(b))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_none()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.0.as_ref().map_or(0, |b| b.len() as u64))
     }
 }
 
