@@ -275,14 +275,21 @@ async fn not_ready_is_out_as_soon_as_it_is_seen() {
 #[tokio::test]
 async fn per_backend_series_leave_with_the_backend() {
     let ip = "127.0.0.77";
-    let lb = Lb::start(ip, &["--lease-ttl", "1s"]).await;
+    // Long enough that the "deleted" backend is still leased when it is
+    // deleted, short enough that the "expired" one goes within the wait.
+    let lb = Lb::start(ip, &["--lease-ttl", "3s"]).await;
     for how in ["deleted", "expired"] {
         let b = Backend::start(how, ip).await;
         lb.register(how, b.addr(), b.metrics_port()).await;
         lb.wait_backends(&[b.addr()], Duration::from_secs(10)).await;
         client().get(lb.proxy_url("/")).send().await.unwrap();
         let series = format!(r#"backend="{}""#, b.addr());
-        assert!(lb.telemetry().await.contains(&series));
+        // The counter is bumped in pingora's logging phase, which runs after
+        // the client already has its response.
+        wait_for(Duration::from_secs(2), "the backend's series", || async {
+            lb.telemetry().await.contains(&series)
+        })
+        .await;
         if how == "deleted" {
             client()
                 .delete(lb.url(&format!("/register/{how}")))
@@ -291,7 +298,7 @@ async fn per_backend_series_leave_with_the_backend() {
                 .unwrap();
         }
         wait_for(
-            Duration::from_secs(5),
+            Duration::from_secs(8),
             "the backend's series dropped",
             || async { !lb.telemetry().await.contains(&series) },
         )
