@@ -181,7 +181,7 @@ async fn lb_at(proxy: SocketAddr, control: SocketAddr) -> Lb {
         "--warmup",
         "0s",
     ];
-    let lb = Lb {
+    let mut lb = Lb {
         proc: Proc::spawn("lb", &args, &[]),
         proxy,
         control,

@@ -23,8 +23,7 @@ async fn get(url: &str) -> Option<(u16, Value)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn demo_backend_joins_serves_through_the_proxy_and_drains() {
     let lb = Lb::start("127.0.30.1", &[]).await;
-    let listen = free_addr("127.0.30.2");
-    let vitals = free_addr("127.0.30.2");
+    let [listen, vitals] = common::free_addrs("127.0.30.2");
     let (l, port, control) = (
         listen.to_string(),
         vitals.port().to_string(),

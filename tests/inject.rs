@@ -196,8 +196,7 @@ async fn missing_token_is_reported_in_the_vitals_and_the_log() {
     let dir = tempfile_dir("roster-token-e2e");
     let token = dir.join("token");
     let log = dir.join("agent.log");
-    let vitals = free_addr("127.0.40.3");
-    let app = free_addr("127.0.40.3");
+    let [vitals, app] = common::free_addrs("127.0.40.3");
     let (vitals_s, token_s, app_s) = (
         vitals.port().to_string(),
         token.display().to_string(),

@@ -243,9 +243,9 @@ async fn vitals_port_sheds_slow_and_idle_clients() {
 async fn idle_clients_cannot_knock_an_agent_out() {
     let app = tokio::net::TcpListener::bind("127.0.0.64:0").await.unwrap();
     let app_addr = app.local_addr().unwrap();
-    let vitals = free_addr("127.0.0.64");
+    let [vitals, lb] = common::free_addrs("127.0.0.64");
     let (app_s, port) = (app_addr.to_string(), vitals.port().to_string());
-    let lb = free_addr("127.0.0.64").to_string();
+    let lb = lb.to_string();
     let agent = agent_bin();
     let _agent = Proc::spawn_bin(
         "prlimit",
@@ -299,7 +299,7 @@ async fn idle_clients_cannot_knock_an_agent_out() {
 async fn control_clients_cannot_starve_the_proxy() {
     let b = Backend::start("b1", "127.0.0.65").await;
     let log = tempfile::NamedTempFile::new().unwrap();
-    let (proxy, control) = (free_addr("127.0.0.65"), free_addr("127.0.0.65"));
+    let [proxy, control] = common::free_addrs("127.0.0.65");
     let roster = bin();
     let (p, c) = (proxy.to_string(), control.to_string());
     let mut lb = Lb {

@@ -244,7 +244,7 @@ async fn an_unreadable_ca_file_stops_the_start_naming_the_service() {
     )];
     let cfg = config(dir.path(), &services);
     let log = dir.path().join("lb.log");
-    let (proxy, control) = (common::free_addr(ip), common::free_addr(ip));
+    let [proxy, control] = common::free_addrs(ip);
     let (p, c) = (proxy.to_string(), control.to_string());
     let args = [
         "lb",

@@ -56,8 +56,17 @@ pub async fn until_closed(
 /// A free port on `ip` (bound then released; tests use distinct IPs to
 /// keep the window for collisions tiny).
 pub fn free_addr(ip: &str) -> SocketAddr {
-    let l = TcpListener::bind((ip, 0)).expect("bind port 0");
-    l.local_addr().expect("local addr")
+    let [a] = free_addrs(ip);
+    a
+}
+
+/// `N` distinct free ports on `ip`: all listeners are held until every
+/// port is chosen, so two calls in a row cannot hand out the same port.
+pub fn free_addrs<const N: usize>(ip: &str) -> [SocketAddr; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind((ip, 0)).expect("bind port 0"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("local addr"))
 }
 
 /// Port 0 on `ip`: bound directly by in-process servers, so no other
@@ -149,6 +158,37 @@ impl Drop for Proc {
     }
 }
 
+/// Spawn `roster lb` on these ports with the test defaults; `extra`
+/// overrides a default flag of the same name.
+fn spawn_lb(
+    proxy: SocketAddr,
+    control: SocketAddr,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    log: Option<&std::path::Path>,
+) -> Proc {
+    let (p, c) = (proxy.to_string(), control.to_string());
+    let defaults: [(&str, &str); 9] = [
+        ("--listen", &p),
+        ("--control-listen", &c),
+        ("--threads", "2"),
+        ("--allowed-networks", "127.0.0.0/8"),
+        ("--health-interval", "300ms"),
+        ("--health-timeout", "250ms"),
+        ("--grace-period", "5s"),
+        ("--warmup", "0s"),
+        ("--rate-limit", "1000"),
+    ];
+    let mut args = vec!["lb"];
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
+    }
+    args.extend_from_slice(extra);
+    Proc::spawn_logged("lb", &args, env, log)
+}
+
 /// A running `roster lb` with its addresses.
 pub struct Lb {
     pub proc: Proc,
@@ -169,36 +209,22 @@ impl Lb {
         env: &[(&str, &str)],
         log: Option<&std::path::Path>,
     ) -> Self {
-        let proxy = free_addr(ip);
-        let control = free_addr(ip);
-        let (p, c) = (proxy.to_string(), control.to_string());
-        let defaults: [(&str, &str); 9] = [
-            ("--listen", &p),
-            ("--control-listen", &c),
-            ("--threads", "2"),
-            ("--allowed-networks", "127.0.0.0/8"),
-            ("--health-interval", "300ms"),
-            ("--health-timeout", "250ms"),
-            ("--grace-period", "5s"),
-            ("--warmup", "0s"),
-            ("--rate-limit", "1000"),
-        ];
-        let mut args = vec!["lb"];
-        // `extra` overrides a default flag of the same name.
-        for (flag, value) in defaults {
-            if !extra.contains(&flag) {
-                args.extend([flag, value]);
+        // A port taken between choosing and binding makes the LB exit at
+        // once: start again on fresh ports rather than fail the test.
+        for attempt in 1..=3 {
+            let [proxy, control] = free_addrs(ip);
+            let proc = spawn_lb(proxy, control, extra, env, log);
+            let mut lb = Self {
+                proc,
+                proxy,
+                control,
+            };
+            match lb.wait_up_or_exit().await {
+                Ok(()) => return lb,
+                Err(status) => eprintln!("lb on {ip} exited ({status}) on attempt {attempt}"),
             }
         }
-        args.extend_from_slice(extra);
-        let proc = Proc::spawn_logged("lb", &args, env, log);
-        let lb = Self {
-            proc,
-            proxy,
-            control,
-        };
-        lb.wait_up().await;
-        lb
+        panic!("lb on {ip} exited at start three times");
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -210,13 +236,31 @@ impl Lb {
     }
 
     /// Wait for the control API and the proxy port to answer.
-    pub async fn wait_up(&self) {
+    pub async fn wait_up(&mut self) {
+        if let Err(status) = self.wait_up_or_exit().await {
+            panic!("lb exited before it was up: {status}");
+        }
+    }
+
+    /// Like `wait_up`, returning the exit status if the LB exits first.
+    async fn wait_up_or_exit(&mut self) -> Result<(), std::process::ExitStatus> {
         let c = client();
-        wait_for(Duration::from_secs(20), "lb up", || async {
-            c.get(self.url("/healthz")).send().await.is_ok()
-                && tokio::net::TcpStream::connect(self.proxy).await.is_ok()
-        })
-        .await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.proc.child.try_wait() {
+                return Err(status);
+            }
+            let control = c.get(self.url("/healthz")).send().await.is_ok();
+            let proxy = tokio::net::TcpStream::connect(self.proxy).await.is_ok();
+            if control && proxy {
+                return Ok(());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lb still running but not up after 20s (control {control}, proxy {proxy})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub async fn register(&self, id: &str, address: SocketAddr, metrics_port: u16) -> u16 {
