@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Lb, Proc, client, free_addr, wait_for};
+use common::{Lb, Proc, client, free_addrs, wait_for};
 use parking_lot::Mutex;
 use serde_json::Value;
 
@@ -23,7 +23,7 @@ async fn get(url: &str) -> Option<(u16, Value)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn demo_backend_joins_serves_through_the_proxy_and_drains() {
     let lb = Lb::start("127.0.30.1", &[]).await;
-    let [listen, vitals] = common::free_addrs("127.0.30.2");
+    let [listen, vitals] = free_addrs("127.0.30.2");
     let (l, port, control) = (
         listen.to_string(),
         vitals.port().to_string(),
