@@ -24,7 +24,7 @@
 #
 # Loopback only; every process it starts is stopped by PID on exit; every
 # load loop is bounded in count and time. Knobs (environment):
-#   BENCH_DURATION=10 (s per wrk run)  BENCH_ROUNDS=3  BENCH_CONNECTIONS=64
+#   BENCH_DURATION=10 (s per wrk run)  BENCH_ROUNDS=5  BENCH_CONNECTIONS=64
 #   BENCH_THREADS=1 (proxy threads/workers)  BENCH_BACKENDS=10000
 #   BENCH_CPU_SECONDS=30  BENCH_AGENT_SECONDS=60  BENCH_PORT_BASE=27000
 #   BENCH_OUT=BENCHMARKS.md  BENCH_KEEP=1 (keep the work dir with all logs)
@@ -42,7 +42,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 DURATION=${BENCH_DURATION:-10}
-ROUNDS=${BENCH_ROUNDS:-3}
+ROUNDS=${BENCH_ROUNDS:-5}
 CONNS=${BENCH_CONNECTIONS:-64}
 THREADS=${BENCH_THREADS:-1}
 BACKENDS=${BENCH_BACKENDS:-10000}
