@@ -437,10 +437,11 @@ impl ProxyHttp for Proxy {
                     .inc()
             }
         }
-        let took = ctx.started.elapsed();
+        let now = Instant::now();
+        let took = now.saturating_duration_since(ctx.started);
         if let (Some(u), Some(_), None) = (&ctx.upstream, ctx.upstream_status, ctx.failure) {
             // Answered: what the backend took (a failure's time says little).
-            u.0.observe_latency(took);
+            u.0.observe_latency(took, now);
         }
         m.observe_duration(class, took.as_secs_f64());
     }

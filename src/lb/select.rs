@@ -18,6 +18,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use pingora::lb::Backend;
@@ -75,7 +76,9 @@ impl Default for LoadScore {
 impl LoadScore {
     /// The backend's score before its weight is applied; `fastest_ms` is
     /// [`LoadScore::fastest`] over the candidates it is compared with.
-    pub fn of(&self, u: &Upstream, fastest_ms: f64) -> f64 {
+    /// `now` fades the response-time factor of a backend that has not
+    /// answered for a while ([`crate::registry::LATENCY_HALF_LIFE`]).
+    pub fn of(&self, u: &Upstream, fastest_ms: f64, now: Instant) -> f64 {
         let in_flight = u.in_flight.load(Ordering::Relaxed) as f64;
         let reported = u.reported_load.load(Ordering::Relaxed) as f64;
         // Stored in hundredths of a percent.
@@ -86,11 +89,15 @@ impl LoadScore {
         }
         let ms = u.latency_ms();
         // No answer yet (or none from any candidate): no opinion.
-        let slower = if ms > 0.0 && fastest_ms > 0.0 {
+        let mut slower = if ms > 0.0 && fastest_ms > 0.0 {
             (ms / (LATENCY_SLACK * fastest_ms)).max(1.0)
         } else {
             1.0
         };
+        if slower > 1.0 {
+            // An old verdict counts less: the penalty fades toward none.
+            slower = 1.0 + (slower - 1.0) * u.latency_trust(now);
+        }
         // +1: an idle slow backend still scores above an idle fast one.
         (load + 1.0) * slower.powf(self.latency)
     }
@@ -317,8 +324,8 @@ impl Selector {
         }
         let first = match (self.algorithm, &t.ring) {
             (Algorithm::ConsistentHash, Some(ring)) => return walk_ring(t, ring, key, max, accept),
-            (Algorithm::LeastLoaded, _) if n <= SCAN_ALL => self.least_of_all(t),
-            (Algorithm::LeastLoaded, _) => self.two_choices(t),
+            (Algorithm::LeastLoaded, _) if n <= SCAN_ALL => self.least_of_all(t, Instant::now()),
+            (Algorithm::LeastLoaded, _) => self.two_choices(t, Instant::now()),
             _ => {
                 let c = self.cursor.fetch_add(1, Ordering::Relaxed) as usize;
                 match &t.order {
@@ -336,16 +343,16 @@ impl Selector {
     /// Small pools: every backend is scored and the lowest per unit of
     /// weight wins; ties go to the first from a random start, so idle
     /// backends share the traffic.
-    fn least_of_all(&self, t: &Table) -> usize {
+    fn least_of_all(&self, t: &Table, now: Instant) -> usize {
         let n = t.backends.len();
         let r = splitmix64(self.cursor.fetch_add(GOLDEN, Ordering::Relaxed));
         let start = (((r & 0xffff_ffff) * n as u64) >> 32) as usize;
         let fastest = self.score.fastest(t.upstreams.iter().map(|u| &**u));
         let mut best = start;
-        let mut best_score = self.score.of(&t.upstreams[start], fastest);
+        let mut best_score = self.score.of(&t.upstreams[start], fastest, now);
         for k in 1..n {
             let i = (start + k) % n;
-            let score = self.score.of(&t.upstreams[i], fastest);
+            let score = self.score.of(&t.upstreams[i], fastest, now);
             let (wi, wb) = (t.backends[i].weight as f64, t.backends[best].weight as f64);
             if score * wb < best_score * wi {
                 (best, best_score) = (i, score);
@@ -356,7 +363,7 @@ impl Selector {
 
     /// Power of two choices: two distinct random backends, the one with the
     /// lower score per unit of weight wins.
-    fn two_choices(&self, t: &Table) -> usize {
+    fn two_choices(&self, t: &Table, now: Instant) -> usize {
         let n = t.backends.len() as u64;
         let r = splitmix64(self.cursor.fetch_add(GOLDEN, Ordering::Relaxed));
         // Multiply-shift: uniform enough in 0..n without a division.
@@ -370,7 +377,7 @@ impl Selector {
         let fastest = self
             .score
             .fastest([&*t.upstreams[a], &*t.upstreams[b]].into_iter());
-        let score = |i: usize| self.score.of(&t.upstreams[i], fastest);
+        let score = |i: usize| self.score.of(&t.upstreams[i], fastest, now);
         let (wa, wb) = (t.backends[a].weight as f64, t.backends[b].weight as f64);
         // score_a / wa <= score_b / wb, without dividing.
         if score(a) * wb <= score(b) * wa { a } else { b }

@@ -1,8 +1,14 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::*;
+
+/// A fixed moment, so "now" in a test is exactly when its samples were taken.
+fn now() -> Instant {
+    static AT: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+    *AT
+}
 
 fn upstream(addr: &str) -> Arc<Upstream> {
     Arc::new(Upstream::new(&Arc::from("s"), "x", addr.parse().unwrap()))
@@ -113,14 +119,14 @@ fn load_score_weights_in_flight_reported_and_gpu() {
     u.gpu_usage.store(5_050, Ordering::Relaxed); // 50.5 %
     // The defaults: four points per own request, one per reported, no GPU;
     // + 1 for the response-time factor, which is 1 before any answer.
-    assert_eq!(LoadScore::default().of(&u, 0.0), 12.0);
+    assert_eq!(LoadScore::default().of(&u, 0.0, now()), 12.0);
     let gpu = LoadScore {
         in_flight: 1.0,
         reported: 0.0,
         gpu: 2.0,
         latency: 0.0,
     };
-    assert_eq!(gpu.of(&u, 0.0), 2.0 + 101.0);
+    assert_eq!(gpu.of(&u, 0.0, now()), 2.0 + 101.0);
 }
 
 #[test]
@@ -132,21 +138,21 @@ fn latency_term_multiplies_the_load_by_how_much_slower() {
         ..LoadScore::default()
     };
     // No answer yet: (8 + 1) × 1.
-    assert_eq!(score.of(&u, 1.0), 9.0);
-    u.observe_latency(Duration::from_millis(4)); // first sample taken whole
+    assert_eq!(score.of(&u, 1.0, now()), 9.0);
+    u.observe_latency(Duration::from_millis(4), now()); // first sample taken whole
     // Within 2× of the fastest (2 ms): no penalty.
-    assert_eq!(score.of(&u, 2.0), 9.0);
+    assert_eq!(score.of(&u, 2.0, now()), 9.0);
     // Against a 0.5 ms fastest: (4 / 1)² = 16.
-    assert_eq!(score.of(&u, 0.5), 9.0 * 16.0);
+    assert_eq!(score.of(&u, 0.5, now()), 9.0 * 16.0);
     // Then an EWMA with weight 1/8: 4 ms → 4 - 0.5 + 12/8 = 5 ms.
-    u.observe_latency(Duration::from_millis(12));
+    u.observe_latency(Duration::from_millis(12), now());
     assert_eq!(u.latency_ms(), 5.0);
     // 0 ignores it.
     let queues_only = LoadScore {
         latency: 0.0,
         ..LoadScore::default()
     };
-    assert_eq!(queues_only.of(&u, 0.5), 8.0);
+    assert_eq!(queues_only.of(&u, 0.5, now()), 8.0);
     assert_eq!(queues_only.fastest([&*u].into_iter()), 0.0);
     assert_eq!(score.fastest([&*u].into_iter()), 5.0);
 }
@@ -154,8 +160,8 @@ fn latency_term_multiplies_the_load_by_how_much_slower() {
 #[test]
 fn least_loaded_with_a_latency_term_spares_the_slow_backend() {
     let (slow, fast) = (upstream("10.0.0.1:80"), upstream("10.0.0.2:80"));
-    slow.observe_latency(Duration::from_millis(40));
-    fast.observe_latency(Duration::from_millis(4));
+    slow.observe_latency(Duration::from_millis(40), now());
+    fast.observe_latency(Duration::from_millis(4), now());
     fast.in_flight.store(2, Ordering::Relaxed);
     let members = [(&slow, 1), (&fast, 1)];
     // Queues alone: the idle slow backend wins.
@@ -176,13 +182,92 @@ fn least_loaded_with_a_latency_term_spares_the_slow_backend() {
 }
 
 #[test]
+fn an_unrefreshed_latency_verdict_fades() {
+    let (slow, fast) = (upstream("10.0.0.1:80"), upstream("10.0.0.2:80"));
+    let t0 = now();
+    slow.observe_latency(Duration::from_millis(40), t0);
+    fast.observe_latency(Duration::from_millis(4), t0);
+    let score = LoadScore {
+        latency: 2.0,
+        ..LoadScore::default()
+    };
+    let half = crate::registry::LATENCY_HALF_LIFE;
+    // Fresh: (0+1) × (40 / 8)² = 25.
+    assert_eq!(score.of(&slow, 4.0, t0), 25.0);
+    // One half-life without an answer: the excess 5 − 1 halves, (1 + 2)² = 9.
+    assert!((score.of(&slow, 4.0, t0 + half) - 9.0).abs() < 1e-9);
+    // Two: (1 + 1)² = 4; long silence: no penalty left.
+    assert!((score.of(&slow, 4.0, t0 + 2 * half) - 4.0).abs() < 1e-9);
+    assert!(score.of(&slow, 4.0, t0 + 5 * half) > 1.0);
+    assert_eq!(score.of(&slow, 4.0, t0 + 6 * half), 1.0);
+    // A fast backend's score never fades below its load (nothing to fade).
+    assert_eq!(score.of(&fast, 4.0, t0 + 30 * half), 1.0);
+}
+
+#[test]
+fn the_first_answer_after_a_silence_outweighs_the_old_average() {
+    let u = upstream("10.0.0.1:80");
+    let t0 = now();
+    u.observe_latency(Duration::from_millis(40), t0);
+    // Back to back: the usual 1/8 weight, 40 − 5 + 0.5 = 35.5 ms.
+    u.observe_latency(Duration::from_millis(4), t0);
+    assert_eq!(u.latency_ms(), 35.5);
+    // Six half-lives later it has recovered: 4 ms weighs 1 − 1/64.
+    let later = t0 + 6 * crate::registry::LATENCY_HALF_LIFE;
+    u.observe_latency(Duration::from_millis(4), later);
+    let want = 35.5 + (4.0 - 35.5) * (1.0 - 1.0 / 64.0);
+    assert!((u.latency_ms() - want).abs() < 0.01, "{}", u.latency_ms());
+    assert_eq!(u.latency_trust(later), 1.0);
+}
+
+#[test]
+fn a_spared_backend_is_tried_again_once_its_verdict_fades() {
+    let (slow, fast) = (upstream("10.0.0.1:80"), upstream("10.0.0.2:80"));
+    let t0 = now();
+    slow.observe_latency(Duration::from_millis(40), t0);
+    fast.observe_latency(Duration::from_millis(4), t0);
+    let members = [(&slow, 1), (&fast, 1)];
+    let s = selector(Algorithm::LeastLoaded, &members).with_load_score(LoadScore {
+        latency: 2.0,
+        ..LoadScore::default()
+    });
+    // One request in flight on the fast backend: (4+1) = 5 against 25.
+    fast.in_flight.store(1, Ordering::Relaxed);
+    let pick = |at| {
+        let t = s.table.load();
+        (
+            t.upstreams[s.least_of_all(&t, at)].addr,
+            t.upstreams[s.two_choices(&t, at)].addr,
+        )
+    };
+    assert_eq!(pick(t0), (fast.addr, fast.addr));
+    // Two half-lives on, the slow one's 4 is below 5: it is re-measured.
+    let later = t0 + 2 * crate::registry::LATENCY_HALF_LIFE;
+    assert_eq!(pick(later), (slow.addr, slow.addr));
+    // Idle both: a minute on, the verdict is gone and they share the
+    // traffic (while it stands, the slow one never wins a tie).
+    fast.in_flight.store(0, Ordering::Relaxed);
+    let shares = |at| {
+        (0..200)
+            .filter(|_| {
+                let t = s.table.load();
+                t.upstreams[s.least_of_all(&t, at)].addr == slow.addr
+            })
+            .count()
+    };
+    assert_eq!(shares(t0 + 5 * crate::registry::LATENCY_HALF_LIFE), 0);
+    let n = shares(t0 + 6 * crate::registry::LATENCY_HALF_LIFE);
+    assert!((50..=150).contains(&n), "{n} of 200");
+}
+
+#[test]
 fn idle_backends_of_similar_speed_share_the_traffic() {
     let ups: Vec<_> = (1..=3)
         .map(|i| upstream(&format!("10.0.0.{i}:80")))
         .collect();
     // 1.0, 1.5 and 1.9 ms: all within 2× of the fastest.
     for (u, us) in ups.iter().zip([1000, 1500, 1900]) {
-        u.observe_latency(Duration::from_micros(us));
+        u.observe_latency(Duration::from_micros(us), now());
     }
     let members: Vec<_> = ups.iter().map(|u| (u, 1)).collect();
     let s = selector(Algorithm::LeastLoaded, &members);

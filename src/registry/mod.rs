@@ -44,7 +44,7 @@ use tokio::sync::{Notify, mpsc};
 pub use checks::{CheckResult, CheckSpec, Target};
 pub use fence::{Field, Policy, RegisterError, Valid, validate_id, validate_name};
 pub use publish::Slot;
-pub use routable::{Routable, Upstream, digest};
+pub use routable::{LATENCY_HALF_LIFE, Routable, Upstream, digest};
 pub use verdict::{Health, Observation, Thresholds};
 
 use crate::protocol::{BackendState, RegisterResponse};
