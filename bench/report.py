@@ -257,7 +257,7 @@ if p1["roster"]["n"]:
                         f"{f(q, 2)}× req/s, p99 {f(p99, 2)}×", ok))
 
 # ---------------------------------------------------------------- part 2
-p2 = {t: summary(runs("p2", t)) for t in ("10", "10k")}
+p2 = {t: summary(runs("p2", t)) for t in ("10", "10k", "bare10", "bare10k")}
 if p2["10"]["n"]:
     def conns_per_req(t):
         vals = []
@@ -287,6 +287,11 @@ if p2["10"]["n"]:
         s = p2[t]
         add(f"| {label} | {f(s['rps'])} | {f(s['p50'], 3)} | {f(s['p99'], 3)} | "
             f"{', '.join(f(x) for x in s['all_rps'])} | {f(conns_per_req(t), 3)} | {s['errors']} |")
+    for t, label in (("bare10", "10, bare pingora"), ("bare10k", f"{int(n):,}, bare pingora")):
+        s = p2[t]
+        if s["n"]:
+            add(f"| {label} | {f(s['rps'])} | {f(s['p50'], 3)} | {f(s['p99'], 3)} | "
+                f"{', '.join(f(x) for x in s['all_rps'])} | n/a | {s['errors']} |")
     q, qs = paired(p2["10k"], p2["10"])
     add("")
     error_note(list(p2.items()))
@@ -296,6 +301,18 @@ if p2["10"]["n"]:
         f"with {int(n):,} (after the rounds).")
     add("")
     targets.append((f"selection {int(n):,} / 10", "≥ 0.95×", f"{f(q, 3)}×", None if q is None else q >= 0.95))
+    if p2["bare10"]["n"] and p2["bare10k"]["n"]:
+        # The same pool sizes through bare pingora: what the pool costs
+        # pingora itself, so the part that is roster's shows apart.
+        bq, bqs = paired(p2["bare10k"], p2["bare10"])
+        rel = ratio(q, bq)
+        add(f"Bare pingora over the same backends (`examples/bare_pingora.rs` with 10 and {int(n):,} "
+            f"`--upstream`s, round robin, run after the roster LBs stopped): {int(n):,} / 10 = **{f(bq, 3)}×** "
+            f"(per round {', '.join(f(x, 3) for x in bqs)}). roster's ratio relative to pingora's own: "
+            f"**{f(rel, 3)}×**.")
+        add("")
+        targets.append((f"selection {int(n):,} / 10, relative to bare pingora's {int(n):,} / 10", "≥ 0.95×",
+                        f"{f(rel, 3)}×", None if rel is None else rel >= 0.95))
 
 # ---------------------------------------------------------------- part 3
 reg = load_json("p3-register.json")

@@ -92,13 +92,14 @@ chmod 755 "$W"
 P_APP=$((BASE + 1)); P_VITALS=$((BASE + 90)); P_FARMCTL=$((BASE + 99)); P_GEN=$((BASE + 100))
 P_ROSTER=$((BASE + 200)); P_NGINX=$((BASE + 210)); P_HAPROXY=$((BASE + 220)); P_BARE=$((BASE + 230))
 P_R10=$((BASE + 300)); P_R3=$((BASE + 400)); P_R4=$((BASE + 500))
+P_B10=$((BASE + 240)); P_B10K=$((BASE + 250))
 P_AGENT=$((BASE + 590)); P_R8=$((BASE + 700)); P_R8ONE=$((BASE + 710))
 P_R5=$((BASE + 600)); P_R5C=$((BASE + 610)); P_V5=$((BASE + 620)); P_INJ=$((BASE + 630))
 for p in $P_APP $((P_APP + 1)) $((P_APP + 2)) $((P_APP + 3)) $P_VITALS $P_FARMCTL $P_GEN \
   $P_ROSTER $((P_ROSTER + 1)) $P_NGINX $P_HAPROXY $P_BARE $P_R10 $((P_R10 + 1)) \
   $P_R3 $((P_R3 + 1)) $P_R4 $((P_R4 + 1)) $P_AGENT $((P_AGENT + 1)) \
   $P_R5 $((P_R5 + 1)) $P_R5C $((P_R5C + 1)) $P_V5 $P_INJ \
-  $P_R8 $((P_R8 + 1)) $P_R8ONE $((P_R8ONE + 1)); do
+  $P_R8 $((P_R8 + 1)) $P_R8ONE $((P_R8ONE + 1)) $P_B10 $P_B10K; do
   if [ -n "$(ss -Hltn "sport = :$p" 2>/dev/null)" ]; then
     echo "port $p is in use; set BENCH_PORT_BASE" >&2
     exit 1
@@ -356,6 +357,35 @@ if want 2 || want 3; then
   fact p2.rss_10k_kb "$(kb "$R3_PID" VmRSS)"
   fact p2.fds_10k "$(find "/proc/$R3_PID/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)"
   stop "$R10_PID" INT; stop "$R3_PID" INT
+
+  # The same two pool sizes through bare pingora (same backends, round
+  # robin): what a pool of 10,000 costs pingora itself. After the roster
+  # LBs are gone, so the farm never holds both LBs' 10,000 pooled
+  # connections at once (its file limit).
+  log "part 2: bare pingora with 10 vs $BACKENDS upstreams"
+  gen() { # FIRST COUNT: --upstream for generated backends (benchfarm's numbering)
+    local i
+    for ((i = $1; i < $1 + $2; i++)); do
+      printf -- '--upstream\n127.%d.%d.%d:%d\n' $((10 + i / 62500)) $(((i / 250) % 250)) $((i % 250 + 1)) "$P_GEN"
+    done
+  }
+  mapfile -t UP10 < <(gen 0 10)
+  mapfile -t UP10K < <(gen 0 "$BACKENDS")
+  start bare10 "$PROXY_CPUS" "$BARE" --listen "127.0.0.1:$P_B10" --threads "$THREADS" "${UP10[@]}"
+  B10_PID=$LAST_PID
+  start bare10k "$PROXY_CPUS" "$BARE" --listen "127.0.0.1:$P_B10K" --threads "$THREADS" "${UP10K[@]}"
+  B10K_PID=$LAST_PID
+  wait_port "$P_B10" bare10
+  wait_port "$P_B10K" bare10k
+  declare -A URL2B=([bare10]="http://127.0.0.1:$P_B10/" [bare10k]="http://127.0.0.1:$P_B10K/")
+  for t in bare10 bare10k; do DURATION=4 wrk_run "$W/warmup2-$t.txt" "${URL2B[$t]}"; done
+  for r in $(seq "$ROUNDS"); do
+    for t in bare10 bare10k; do
+      wrk_run "$W/wrk-p2-$t-$r.txt" "${URL2B[$t]}"
+      log "  round $r $t: $(awk '/^Requests\/sec/ {print $2}' "$W/wrk-p2-$t-$r.txt") req/s"
+    done
+  done
+  stop "$B10_PID" INT; stop "$B10K_PID" INT
 fi
 
 # ---------------------------------------------------------------- part 4
