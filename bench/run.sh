@@ -30,7 +30,7 @@
 #   BENCH_OUT=BENCHMARKS.md  BENCH_KEEP=1 (keep the work dir with all logs)
 #   BENCH_ABUSE_SECONDS=30 (part 5 window per listener)  BENCH_ABUSE_IDLE=2000
 #   BENCH_ABUSE_SLOW=300 (part 5 idle / slowloris connections)
-#   BENCH_SKIP_BUILD=1  BENCH_PARTS="1 2 3 4 5 6 7 8 9"  BENCH_SERVICES=1000 (part 8)
+#   BENCH_SKIP_BUILD=1  BENCH_PARTS="1 2 3 4 5 6 7 8 9"  BENCH_WORKDIR=DIR  BENCH_SERVICES=1000 (part 8)
 #   BENCH_STREAMS=10 (part 9: h2 streams per connection)
 #   part 6: BENCH_CG_COUNT BENCH_CG_WARM BENCH_CG_SIZES BENCH_CG_TARGETS
 #   part 7: BENCH_LA_RATE BENCH_LA_SECONDS BENCH_LA_ROUNDS ... (see the scripts)
@@ -85,7 +85,10 @@ BARE=${BENCH_BARE:-$ROOT/target/$PROFILE/examples/bare_pingora}
 LOADAWARE=$ROOT/target/$PROFILE/examples/loadaware
 for b in "$ROSTER" "$FARM" "$BARE" "$LOADAWARE"; do [ -x "$b" ] || { echo "missing $b" >&2; exit 1; }; done
 
-W=$(mktemp -d /tmp/roster-bench.XXXXXX)
+# BENCH_WORKDIR: reuse a run's directory (e.g. BENCH_PARTS=1 to redo part 1
+# into a full run's results; the report is rebuilt from all of it).
+W=${BENCH_WORKDIR:-$(mktemp -d /tmp/roster-bench.XXXXXX)}
+mkdir -p "$W"
 chmod 755 "$W"
 # Ports (all on loopback): farm 1-4 (part 1 apps), 90 vitals, 99 control,
 # 100 (generated apps on 0.0.0.0); LBs from 200 up; part 5 from 600 up.
@@ -112,7 +115,7 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   sleep 0.3
   for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  if [ -n "${BENCH_KEEP:-}" ]; then log "work dir kept: $W"; else rm -rf "$W"; fi
+  if [ -n "${BENCH_KEEP:-}${BENCH_WORKDIR:-}" ]; then log "work dir kept: $W"; else rm -rf "$W"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -130,7 +133,8 @@ fi
 LOAD_THREADS=$(taskset -c "$LOAD_CPUS" nproc)
 
 FACTS=$W/facts.tsv
-: >"$FACTS"
+# A reused directory keeps its facts; the report reads the last of each.
+[ -n "${BENCH_WORKDIR:-}" ] || : >"$FACTS"
 fact() { printf '%s\t%s\n' "$1" "$2" >>"$FACTS"; }
 
 # start NAME CPUS CMD... : run in the background, log to $W/NAME.log.
@@ -272,6 +276,18 @@ if want 1; then
       wrk_run "$W/wrk-p1-$t-$r.txt" "${URL[$t]}"
       log "  round $r $t: $(awk '/^Requests\/sec/ {print $2}' "$W/wrk-p1-$t-$r.txt") req/s"
     done
+  done
+  # Co-run: roster and bare under load at the same moment, sharing the
+  # proxy core. The scheduler splits the core's time between the two, so
+  # their req/s ratio is the inverse ratio of their CPU per request, and
+  # whatever else the machine runs meanwhile slows both alike (alternating
+  # rounds swing by ±20% here from one 10 s window to the next).
+  for r in $(seq "$ROUNDS"); do
+    wrk_run "$W/wrk-p1co-roster-$r.txt" "${URL[roster]}" &
+    co=$!
+    wrk_run "$W/wrk-p1co-bare-$r.txt" "${URL[bare]}"
+    wait "$co" || true
+    log "  co-run $r: roster $(awk '/^Requests\/sec/ {print $2}' "$W/wrk-p1co-roster-$r.txt"), bare $(awk '/^Requests\/sec/ {print $2}' "$W/wrk-p1co-bare-$r.txt") req/s"
   done
   fact p1.roster_rss_kb "$(kb "$R1_PID" VmRSS)"
   fact p1.nginx_version "$(nginx -v 2>&1 | sed 's/.*: //')"
