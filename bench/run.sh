@@ -576,9 +576,20 @@ if want 8; then
     taskset -c "$LOAD_CPUS" timeout $((DURATION + 30)) \
       wrk -t"$LOAD_THREADS" -c"$CONNS" -d"${DURATION}s" --latency -H "Host: svc-7.bench" "${URL8[$2]}" >"$1" 2>&1 || true
   }
+  # As in part 2: the checks (10,000 every 5 s) run on the load core, so
+  # the proxy core measures proxying.
+  pin_control_plane "$R8_PID"
+  pin_control_plane "$R8ONE_PID"
   for t in one many; do DURATION=2 p8_wrk "$W/warmup8-$t.txt" "$t"; done
   for r in $(seq "$ROUNDS"); do
     for t in one many; do p8_wrk "$W/p8-$t-$r.txt" "$t"; done
+  done
+  # Co-run, as in part 1: both loaded at once, sharing the proxy core.
+  for r in $(seq "$ROUNDS"); do
+    p8_wrk "$W/p8co-one-$r.txt" one &
+    co=$!
+    p8_wrk "$W/p8co-many-$r.txt" many
+    wait "$co" || true
   done
   fact p8.rss_many_kb "$(kb "$R8_PID" VmRSS)"
   fact p8.rss_one_kb "$(kb "$R8ONE_PID" VmRSS)"
