@@ -416,7 +416,14 @@ async fn status_prints_the_registry_table() {
 #[tokio::test(flavor = "multi_thread")]
 async fn consistent_hash_sticks_and_least_loaded_avoids_busy() {
     let ch = Lb::start("127.0.18.1", &["--algorithm", "consistent_hash"]).await;
-    let ll = Lb::start("127.0.18.5", &["--algorithm", "least_loaded"]).await;
+    // Queues only: on a loaded machine one answer can take 20× the others',
+    // and the response-time factor (tested on its own in select_tests)
+    // would then outweigh b's reported load.
+    let ll = Lb::start(
+        "127.0.18.5",
+        &["--algorithm", "least_loaded", "--load-score", "latency=0"],
+    )
+    .await;
     let bs = [
         Backend::start("a", "127.0.18.2").await,
         Backend::start("b", "127.0.18.3").await,
