@@ -159,9 +159,10 @@ fn latency_term_multiplies_the_load_by_how_much_slower() {
 
 #[test]
 fn least_loaded_with_a_latency_term_spares_the_slow_backend() {
+    // `pick` reads the clock: the samples are stamped by it too.
     let (slow, fast) = (upstream("10.0.0.1:80"), upstream("10.0.0.2:80"));
-    slow.observe_latency(Duration::from_millis(40), now());
-    fast.observe_latency(Duration::from_millis(4), now());
+    slow.observe_latency(Duration::from_millis(40), Instant::now());
+    fast.observe_latency(Duration::from_millis(4), Instant::now());
     fast.in_flight.store(2, Ordering::Relaxed);
     let members = [(&slow, 1), (&fast, 1)];
     // Queues alone: the idle slow backend wins.
@@ -267,7 +268,7 @@ fn idle_backends_of_similar_speed_share_the_traffic() {
         .collect();
     // 1.0, 1.5 and 1.9 ms: all within 2× of the fastest.
     for (u, us) in ups.iter().zip([1000, 1500, 1900]) {
-        u.observe_latency(Duration::from_micros(us), now());
+        u.observe_latency(Duration::from_micros(us), Instant::now());
     }
     let members: Vec<_> = ups.iter().map(|u| (u, 1)).collect();
     let s = selector(Algorithm::LeastLoaded, &members);
