@@ -16,6 +16,8 @@
 # BENCH_CG_SIZES="3 1024 65536 1048576" (body bytes; sizes past the first
 # are measured for roster, bare and nginx) BENCH_CG_TARGETS="roster bare nginx haproxy"
 # (also: roster-base, and bare-nt = bare pingora without peer timeouts).
+# BENCH_CG_H2C=1 adds roster-h2c and bare-h2c at the first size: the same
+# targets speaking HTTP/2 (h2c) to backends that serve it.
 # Facts go to WORKDIR/facts.tsv as p6.<target>.<size>.ir_per_request.
 # Loopback only; every process is stopped by PID; every run is bounded.
 set -euo pipefail
@@ -68,13 +70,15 @@ cg_run() {
   IR=0
   local vg=(valgrind --tool=callgrind --callgrind-out-file="$out")
   case $t in
-    roster) taskset -c "$PROXY_CPUS" "${vg[@]}" "$ROSTER" lb --listen "127.0.0.1:$P_T" \
+    roster | roster-h2c) taskset -c "$PROXY_CPUS" "${vg[@]}" "$ROSTER" lb --listen "127.0.0.1:$P_T" \
       --control-listen "127.0.0.1:$((P_T + 1))" --threads 1 --allowed-networks 127.0.0.0/8 \
-      --rate-limit 0 --lease-ttl 1h --health-interval 1h ${BENCH_LB_FLAGS:-} >"$W/p6-$t.log" 2>&1 & ;;
+      --rate-limit 0 --lease-ttl 1h --health-interval 1h ${BENCH_LB_FLAGS:-} \
+      $([ "$t" = roster-h2c ] && echo --upstream-protocol h2c) >"$W/p6-$t.log" 2>&1 & ;;
     roster-base) taskset -c "$PROXY_CPUS" "${vg[@]}" "${BENCH_ROSTER_BASE:?set BENCH_ROSTER_BASE to a roster binary}" lb --listen "127.0.0.1:$P_T" \
       --control-listen "127.0.0.1:$((P_T + 1))" --threads 1 --allowed-networks 127.0.0.0/8 \
       --rate-limit 0 --lease-ttl 1h --health-interval 1h >"$W/p6-$t.log" 2>&1 & ;;
-    bare) taskset -c "$PROXY_CPUS" "${vg[@]}" "$BARE" --listen "127.0.0.1:$P_T" --threads 1 \
+    bare | bare-h2c) taskset -c "$PROXY_CPUS" "${vg[@]}" "$BARE" --listen "127.0.0.1:$P_T" --threads 1 \
+      $([ "$t" = bare-h2c ] && echo --h2c) \
       --upstream "127.0.0.1:$P_B" --upstream "127.0.0.1:$((P_B + 1))" \
       --upstream "127.0.0.1:$((P_B + 2))" --upstream "127.0.0.1:$((P_B + 3))" >"$W/p6-$t.log" 2>&1 & ;;
     bare-nt) taskset -c "$PROXY_CPUS" "${vg[@]}" "$BARE" --listen "127.0.0.1:$P_T" --threads 1 --no-timeouts \
@@ -108,19 +112,20 @@ cg_run() {
   IR=${IR:-0}
 }
 
-for size in $SIZES; do
+# measure SIZE TARGETS [BACKEND FLAGS...]: each target over one backend set.
+measure() {
+  local size=$1 targets=$2 n=$COUNT warm=$WARM t a b per
+  shift 2
   # Big bodies: fewer requests, the same bound on time.
-  n=$COUNT warm=$WARM
   [ "$size" -ge 65536 ] && { n=$((COUNT / 5)); warm=$((WARM / 5)); }
   [ "$size" -ge 1048576 ] && { n=$((COUNT / 15)); warm=$((WARM / 15)); }
-  taskset -c "$LOAD_CPUS" "$LOADAWARE" backends --vitals-port "$P_V" --body-bytes "$size" \
+  taskset -c "$LOAD_CPUS" "$LOADAWARE" backends --vitals-port "$P_V" --body-bytes "$size" "$@" \
     --backend "127.0.0.1:$P_B" --backend "127.0.0.1:$((P_B + 1))" \
     --backend "127.0.0.1:$((P_B + 2))" --backend "127.0.0.1:$((P_B + 3))" >"$W/p6-backends.log" 2>&1 &
   BPID=$!
   PIDS+=("$BPID")
   listening "$P_B" "$BPID" || { log "backends did not start"; exit 1; }
-  for t in $TARGETS; do
-    if [ "$size" != "${SIZES%% *}" ] && [[ $t == haproxy || $t == bare-nt ]]; then continue; fi
+  for t in $targets; do
     cg_run "$t" "$size" "$warm"; a=$IR
     cg_run "$t" "$size" "$((warm + n))"; b=$IR
     per=$(awk -v a="$a" -v b="$b" -v n="$n" 'BEGIN { if (a > 0 && b > a) printf "%.0f", (b - a) / n; else print 0 }')
@@ -130,6 +135,26 @@ for size in $SIZES; do
   done
   kill -TERM "$BPID" 2>/dev/null || true
   wait "$BPID" 2>/dev/null || true
+}
+
+first=1
+for size in $SIZES; do
+  targets=""
+  for t in $TARGETS; do
+    # haproxy and bare-nt at the first size only.
+    [ $first = 1 ] || [[ $t != haproxy && $t != bare-nt ]] && targets+=" $t"
+  done
+  measure "$size" "$targets"
+  first=0
 done
+# HTTP/2 to the backends (h2c by prior knowledge) against HTTP/1.1, first
+# size only: roster `--upstream-protocol h2c` and bare pingora with ALPN h2.
+if [ "${BENCH_CG_H2C:-1}" != 0 ]; then
+  h2_targets=""
+  for t in $TARGETS; do
+    [[ $t == roster || $t == bare ]] && h2_targets+=" $t-h2c"
+  done
+  if [ -n "$h2_targets" ]; then measure "${SIZES%% *}" "$h2_targets" --h2c; fi
+fi
 fact p6.count "$COUNT"
 fact p6.warm "$WARM"

@@ -7,7 +7,7 @@ import re
 
 SIZES = ("3", "1024", "65536", "1048576")
 SIZE_NAME = {"3": "3 B", "1024": "1 KB", "65536": "64 KB", "1048576": "1 MB"}
-TARGETS6 = ("roster", "roster-base", "bare", "bare-nt", "nginx", "haproxy")
+TARGETS6 = ("roster", "roster-base", "bare", "bare-nt", "roster-h2c", "bare-h2c", "nginx", "haproxy")
 
 
 def part6(F, add, targets, f):
@@ -35,7 +35,9 @@ def part6(F, add, targets, f):
         "machine's load: this is the table to compare builds with. roster runs with every feature on "
         "(X-Forwarded-For, retries, ejection, metrics, listener limits), `--health-interval 1h` so checks do "
         "not fall inside the window. `roster-base` is the build before this round's changes (when measured), "
-        "`bare-nt` bare pingora without peer timeouts.")
+        "`bare-nt` bare pingora without peer timeouts. `roster-h2c` and `bare-h2c` speak HTTP/2 to the "
+        "backends (h2c by prior knowledge: `roster lb --upstream-protocol h2c`, bare pingora with ALPN h2; "
+        "the backends serve HTTP/2), the client still HTTP/1.1.")
     add("")
     add("| target | " + " | ".join(SIZE_NAME[s] for s in sizes) + " |")
     add("| --- |" + " ---: |" * len(sizes))
@@ -45,8 +47,9 @@ def part6(F, add, targets, f):
     add("")
     add("| ratio | " + " | ".join(SIZE_NAME[s] for s in sizes) + " |")
     add("| --- |" + " ---: |" * len(sizes))
-    for a, b in (("roster", "bare"), ("roster-base", "bare"), ("bare-nt", "bare"), ("bare", "nginx"),
-                 ("roster", "nginx"), ("bare", "haproxy")):
+    for a, b in (("roster", "bare"), ("roster-base", "bare"), ("bare-nt", "bare"),
+                 ("roster-h2c", "bare-h2c"), ("roster-h2c", "roster"), ("bare-h2c", "bare"),
+                 ("bare", "nginx"), ("roster", "nginx"), ("bare", "haproxy")):
         cells = []
         for s in sizes:
             x, y = ir(a, s), ir(b, s)

@@ -1,8 +1,8 @@
 //! The smallest Pingora proxy, as the reference `make bench` holds roster
 //! against: round robin by an atomic counter over fixed upstreams, nothing
 //! else. Same pingora (same Cargo.lock), same allocator (mimalloc, no_thp),
-//! the same `ServerConf` and upstream peer timeouts as `roster lb` with its
-//! defaults, so the difference between the two is what roster adds.
+//! the same `ServerConf`, upstream peer timeouts and logger as `roster lb`
+//! with its defaults, so the difference between the two is what roster adds.
 //!
 //! ```sh
 //! cargo run --release --example bare_pingora -- --listen 127.0.0.1:7000 \
@@ -41,12 +41,17 @@ struct Cli {
     /// what roster's mandatory timeouts cost.
     #[arg(long)]
     no_timeouts: bool,
+    /// Speak HTTP/2 to the upstreams by prior knowledge (h2c), as
+    /// `roster lb --upstream-protocol h2c` does.
+    #[arg(long)]
+    h2c: bool,
 }
 
 struct Bare {
     upstreams: Vec<SocketAddr>,
     next: AtomicUsize,
     timeouts: bool,
+    h2c: bool,
 }
 
 #[async_trait]
@@ -58,6 +63,14 @@ impl ProxyHttp for Bare {
     async fn upstream_peer(&self, _s: &mut Session, _c: &mut ()) -> pingora::Result<Box<HttpPeer>> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.upstreams.len();
         let mut peer = HttpPeer::new(self.upstreams[i], false, String::new());
+        if self.h2c {
+            // As roster's src/lb/peer.rs: over cleartext pingora takes ALPN
+            // h2 as prior knowledge; 100 streams, a ping every 30 s.
+            let o = &mut peer.options;
+            o.alpn = pingora::protocols::ALPN::H2;
+            o.max_h2_streams = 100;
+            o.h2_ping_interval = Some(Duration::from_secs(30));
+        }
         if self.timeouts {
             // roster's defaults: lb.connect_timeout 1s, read_timeout 60s,
             // idle_timeout 60s (src/config.rs), set the way roster sets them.
@@ -74,6 +87,13 @@ impl ProxyHttp for Bare {
 
 fn main() {
     let cli = Cli::parse();
+    // A logger at `info`, as `roster lb` and any deployed proxy has. With
+    // none installed, tracing's `log` fallback runs for every span the h2
+    // client opens: ~7k instructions a request that roster does not pay.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(std::io::stderr)
+        .init();
     // The ServerConf `roster lb` builds (src/lb/mod.rs `run`), field by field.
     let conf = ServerConf {
         threads: cli.threads,
@@ -91,6 +111,7 @@ fn main() {
             upstreams: cli.upstream,
             next: AtomicUsize::new(0),
             timeouts: !cli.no_timeouts,
+            h2c: cli.h2c,
         },
     );
     proxy.add_tcp(&cli.listen.to_string());

@@ -17,6 +17,8 @@
 //!   requests queued for a worker. Every LB replica's requests count there;
 //!   a least-connections peer sees only its own. `--external N` keeps N more
 //!   requests queued on the slow backends, from clients no LB here sees.
+//!   `--h2c` makes the backends speak HTTP/2 by prior knowledge (the vitals
+//!   stay HTTP/1.1), for the upstream-protocol row of the instructions part.
 //! * **Load**: an open-loop generator. Request `i` is due at `start + i/rate`
 //!   whatever happened to the earlier ones, the targets take turns, and a
 //!   latency is measured from the time the request was due, so a queue in
@@ -33,10 +35,10 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -78,6 +80,9 @@ enum Command {
         /// Response body size.
         #[arg(long, default_value_t = 3)]
         body_bytes: usize,
+        /// Serve HTTP/2 by prior knowledge (h2c) instead of HTTP/1.1.
+        #[arg(long)]
+        h2c: bool,
     },
     /// Open-loop load at a fixed rate; prints latency percentiles as JSON.
     Load {
@@ -122,6 +127,7 @@ fn main() -> anyhow::Result<()> {
                 slow_factor,
                 external,
                 body_bytes,
+                h2c,
             } => {
                 let body = Bytes::from(vec![b'x'; body_bytes]);
                 let mut vitals_ips = std::collections::HashSet::new();
@@ -139,7 +145,7 @@ fn main() -> anyhow::Result<()> {
                         queued: AtomicU32::new(0),
                     });
                     let l = TcpListener::bind(addr).await?;
-                    tokio::spawn(serve(l, Arc::clone(&b), false));
+                    tokio::spawn(serve(l, Arc::clone(&b), false, h2c));
                     if slow.contains(&addr) {
                         for _ in 0..external {
                             tokio::spawn(external_client(Arc::clone(&b)));
@@ -148,7 +154,7 @@ fn main() -> anyhow::Result<()> {
                     // One vitals listener per IP: the first backend on it.
                     if let Some(p) = vitals_port.filter(|_| vitals_ips.insert(addr.ip())) {
                         let l = TcpListener::bind(SocketAddr::new(addr.ip(), p)).await?;
-                        tokio::spawn(serve(l, b, true));
+                        tokio::spawn(serve(l, b, true, false));
                     }
                 }
                 std::future::pending::<anyhow::Result<()>>().await
@@ -172,7 +178,7 @@ struct Backend {
     queued: AtomicU32,
 }
 
-async fn serve(l: TcpListener, b: Arc<Backend>, vitals: bool) {
+async fn serve(l: TcpListener, b: Arc<Backend>, vitals: bool, h2c: bool) {
     loop {
         let Ok((stream, _)) = l.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -185,10 +191,17 @@ async fn serve(l: TcpListener, b: Arc<Backend>, vitals: bool) {
                 let b = Arc::clone(&b);
                 async move { Ok::<_, Infallible>(handle(&b, vitals, req).await) }
             });
-            let _ = http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let io = TokioIo::new(stream);
+            let _ = if h2c {
+                http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, svc)
+                    .await
+            } else {
+                http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(io, svc)
+                    .await
+            };
         });
     }
 }

@@ -24,14 +24,18 @@ pub enum Verdict {
 }
 
 /// Whether the request is a gRPC call (`application/grpc`, `+proto` ...).
+/// Every gRPC call is a POST (gRPC over HTTP/2, "Requests"), so other
+/// methods skip the header lookup: most traffic is GET.
 pub fn is_grpc(req: &RequestHeader) -> bool {
-    req.headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.strip_prefix("application/grpc")
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
-        })
+    req.method == http::Method::POST
+        && req
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| {
+                ct.strip_prefix("application/grpc")
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
+            })
 }
 
 /// The `grpc-status` in `headers`, if any (head or trailers).
@@ -82,7 +86,11 @@ mod tests {
     use super::*;
 
     fn req(ct: Option<&str>) -> RequestHeader {
-        let mut r = RequestHeader::build("POST", b"/pkg.Svc/Get", None).unwrap();
+        with_method("POST", ct)
+    }
+
+    fn with_method(method: &str, ct: Option<&str>) -> RequestHeader {
+        let mut r = RequestHeader::build(method, b"/pkg.Svc/Get", None).unwrap();
         if let Some(ct) = ct {
             r.insert_header("content-type", ct).unwrap();
         }
@@ -96,6 +104,10 @@ mod tests {
         assert!(!is_grpc(&req(Some("application/grpc-web"))));
         assert!(!is_grpc(&req(Some("application/json"))));
         assert!(!is_grpc(&req(None)));
+        assert!(
+            !is_grpc(&with_method("GET", Some("application/grpc"))),
+            "gRPC calls are POSTs"
+        );
     }
 
     #[test]
