@@ -32,7 +32,7 @@
 #   BENCH_ABUSE_SLOW=300 (part 5 idle / slowloris connections)
 #   BENCH_SKIP_BUILD=1  BENCH_PARTS="1 2 3 4 5 6 7 8 9"  BENCH_WORKDIR=DIR  BENCH_SERVICES=1000 (part 8)
 #   BENCH_STREAMS=10 (part 9: h2 streams per connection)
-#   part 6: BENCH_CG_COUNT BENCH_CG_WARM BENCH_CG_SIZES BENCH_CG_TARGETS
+#   part 6: BENCH_CG_COUNT BENCH_CG_WARM BENCH_CG_SIZES BENCH_CG_TARGETS BENCH_CG_H2C=1
 #   part 7: BENCH_LA_RATE BENCH_LA_SECONDS BENCH_LA_ROUNDS ... (see the scripts)
 #   BENCH_PROFILE=debug (only to develop this script: numbers are meaningless)
 #   BENCH_ROSTER=/path/to/roster (A/B a candidate build against the peers)
