@@ -145,8 +145,8 @@ def machine():
         f"- load average (1/5/15 min) at start: {F.get('load_start', '?')}, at end: {F.get('load_end', '?')}",
         f"- nginx {F.get('p1.nginx_version', sh('nginx -v 2>&1 | sed s/.*://'))}, "
         f"HAProxy {F.get('p1.haproxy_version', '?')}, {sh('wrk -v 2>&1 | head -1').split(' Copyright')[0]}",
-        f"- roster: commit {sh('git rev-parse --short HEAD')}"
-        + (" (uncommitted changes)" if sh("git status --porcelain -- src Cargo.toml Cargo.lock") else "")
+        f"- roster: commit {F.get('run.commit') or sh('git rev-parse --short HEAD')}"
+        + (" (uncommitted changes)" if F.get("run.dirty", "") else "")
         + ", `cargo build --release` (thin LTO)",
     ]
 
@@ -166,7 +166,8 @@ def command():
 
 lines = []
 add = lines.append
-now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+# The run's own end when it recorded one (a report rebuilt later keeps it).
+now = F.get("run.finished") or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 add("# Benchmarks")
 add("")
 add("Written by `make bench` (`bench/run.sh`, report by `bench/report.py`); re-run it to refresh this page.")

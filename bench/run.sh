@@ -136,6 +136,9 @@ FACTS=$W/facts.tsv
 # A reused directory keeps its facts; the report reads the last of each.
 [ -n "${BENCH_WORKDIR:-}" ] || : >"$FACTS"
 fact() { printf '%s\t%s\n' "$1" "$2" >>"$FACTS"; }
+# What was measured, so a report rebuilt later (report.py W OUT) names it.
+fact run.commit "$(git rev-parse --short HEAD)"
+fact run.dirty "$(git status --porcelain -- src Cargo.toml Cargo.lock | head -c 1)"
 
 # start NAME CPUS CMD... : run in the background, log to $W/NAME.log.
 start() {
@@ -607,6 +610,7 @@ fi
 stop "$FARM_PID"
 fact load_end "$(cut -d' ' -f1-3 /proc/loadavg)"
 fact total_s "$(($(date +%s) - STARTED))"
+fact run.finished "$(date -u '+%Y-%m-%d %H:%M UTC')"
 log "writing $OUT"
 python3 bench/report.py "$W" "$OUT"
 log "done in $(($(date +%s) - STARTED))s"
