@@ -14,7 +14,7 @@
 # PROXY_CPUS LOAD_CPUS BASE; BENCH_CG_COUNT=3000 BENCH_CG_WARM=300
 # BENCH_ROSTER_BASE=/path/to/roster (adds target roster-base: an A/B build)
 # BENCH_CG_SIZES="3 1024 65536 1048576" (body bytes; sizes past the first
-# are measured for roster, bare and nginx) BENCH_CG_TARGETS="roster bare nginx haproxy"
+# are measured for roster, bare and nginx) BENCH_CG_TARGETS="roster bare bare-nt nginx haproxy"
 # (also: roster-base, and bare-nt = bare pingora without peer timeouts).
 # BENCH_CG_H2C=1 adds roster-h2c and bare-h2c at the first size: the same
 # targets speaking HTTP/2 (h2c) to backends that serve it.

@@ -89,7 +89,7 @@ fn main() {
     let cli = Cli::parse();
     // A logger at `info`, as `roster lb` and any deployed proxy has. With
     // none installed, tracing's `log` fallback runs for every span the h2
-    // client opens: ~7k instructions a request that roster does not pay.
+    // client opens: ~8k instructions a request that roster does not pay.
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
         .with_writer(std::io::stderr)
