@@ -152,12 +152,16 @@ impl ProxyHttp for Proxy {
             respond_json(session, 400, why).await;
             return Ok(true);
         }
-        // The authority (h2) or the Host header, without its port.
-        let host = req
-            .uri
-            .host()
-            .or_else(|| first.and_then(|h| h.to_str().ok()).map(host_of));
         let routes = self.state.routes.load();
+        // The authority (h2) or the Host header, without its port; only
+        // worked out when some route names a host.
+        let host = if routes.by_host() {
+            req.uri
+                .host()
+                .or_else(|| first.and_then(|h| h.to_str().ok()).map(host_of))
+        } else {
+            None
+        };
         let Some(service) = routes.resolve(host, req.uri.path()) else {
             respond_json(session, 404, "no route").await;
             return Ok(true);

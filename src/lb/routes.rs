@@ -89,8 +89,14 @@ impl RouteTable {
             .or(self.default.as_ref())
     }
 
+    /// Whether any route names a host; when none does, callers need not
+    /// work out the request's host at all (the common one-service setup).
+    pub fn by_host(&self) -> bool {
+        !(self.exact.is_empty() && self.wildcard.is_empty())
+    }
+
     fn resolve_host(&self, host: Option<&str>, path: &str) -> Option<&Arc<str>> {
-        if self.exact.is_empty() && self.wildcard.is_empty() {
+        if !self.by_host() {
             return None;
         }
         let host = host?;
@@ -144,6 +150,9 @@ impl Rules {
     }
 
     fn find(&self, path: &str) -> Option<&Arc<str>> {
+        if self.by_segment.is_empty() {
+            return self.all.as_ref();
+        }
         let from_segment = first_segment(path)
             .and_then(|seg| self.by_segment.get(seg))
             .and_then(|rules| rules.iter().find(|r| on_boundary(path, &r.prefix)))
@@ -239,6 +248,19 @@ mod tests {
         let t = RouteTable::build(&[r(None, Some("/api"), "api")], "").unwrap();
         assert_eq!(t.resolve(None, "/api/x").map(|s| &**s), Some("api"));
         assert!(t.resolve(Some("h"), "/other").is_none());
+    }
+
+    #[test]
+    fn the_host_is_needed_only_when_a_route_names_one() {
+        assert!(table().by_host());
+        let paths = RouteTable::build(&[r(None, Some("/api"), "api")], "web").unwrap();
+        assert!(!paths.by_host(), "path rules alone");
+        assert_eq!(paths.resolve(None, "/api/x").map(|s| &**s), Some("api"));
+        let none = RouteTable::build(&[], "web").unwrap();
+        assert!(!none.by_host());
+        assert_eq!(none.resolve(None, "/anything").map(|s| &**s), Some("web"));
+        let catch_all = RouteTable::build(&[r(None, None, "all")], "web").unwrap();
+        assert_eq!(catch_all.resolve(None, "/x/y").map(|s| &**s), Some("all"));
     }
 
     #[test]
