@@ -4,7 +4,7 @@ CARGO ?= cargo
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 IMAGE ?= roster:$(VERSION)
 
-.PHONY: all build release test test-rust test-kit test-ui lint fmt setup demo run-lb bench e2e image image-push manifests schema clean
+.PHONY: all build release test test-rust test-kit test-ui lint fmt setup demo run-lb bench fuzz e2e image image-push manifests schema clean
 
 all: build
 
@@ -52,6 +52,12 @@ run-lb: build
 ## (loopback only, <= 15 min).
 bench:
 	bench/run.sh
+
+## Every cargo-fuzz target (fuzz/) for FUZZ_SECONDS (default 120) each, on
+## nightly; fails on a crash. Not part of `make test` (tests/fuzz_corpus.rs
+## replays the corpora there).
+fuzz:
+	scripts/fuzz.sh
 
 ## The chart's values.schema.json, from the Rust types (`roster schema` prints the config file's).
 schema: build
