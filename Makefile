@@ -77,10 +77,13 @@ image:
 image-push: image
 	docker push $(IMAGE)
 
-## kind cluster end to end, Kubernetes 1.29, 1.30 and the newest pinned node image
-## (E2E_VERSIONS="1.30" for one); needs docker, kind, helm, kubectl; not part of `make test`.
+## End to end on a real cluster, every scenario of e2e/e2e.sh, then everything torn
+## down; not part of `make test`. Default: a single-node Kubernetes of host processes
+## built here (e2e/cluster.sh: root; installs and builds what is missing, cached in
+## ~/.cache/roster-e2e; images built locally, no registry). E2E_PROVIDER=kind: kind
+## clusters 1.29, 1.30 and 1.36 (E2E_VERSIONS="1.30" for one; docker, kind, helm, kubectl).
 e2e:
-	IMAGE=$(IMAGE) E2E_VERSIONS="$(E2E_VERSIONS)" kind/e2e.sh
+	IMAGE=$(IMAGE) E2E_PROVIDER="$(E2E_PROVIDER)" E2E_VERSIONS="$(E2E_VERSIONS)" e2e/e2e.sh
 
 clean:
 	$(CARGO) clean
