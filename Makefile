@@ -4,7 +4,7 @@ CARGO ?= cargo
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 IMAGE ?= roster:$(VERSION)
 
-.PHONY: all build release test test-rust test-kit test-ui lint fmt setup demo run-lb bench fuzz e2e image image-push manifests schema clean
+.PHONY: all build release test test-rust test-kit test-ui lint fmt setup demo run-lb bench soak fuzz e2e image image-push manifests schema clean
 
 all: build
 
@@ -52,6 +52,13 @@ run-lb: build
 ## (loopback only, <= 15 min).
 bench:
 	bench/run.sh
+
+## SOAK_MINUTES (default 30) of mixed load through one release LB (HTTP/1.1 + h2c,
+## registration churn, failing backends, config reloads, a hang-up storm); PASS
+## when RSS, fds, threads and series stay flat and no request failed outside the
+## injected faults (loopback only; not part of `make test`; SOAK_MINUTES=2 for a check).
+soak:
+	bench/soak.sh
 
 ## Every cargo-fuzz target (fuzz/) for FUZZ_SECONDS (default 120) each, on
 ## nightly; fails on a crash. Not part of `make test` (tests/fuzz_corpus.rs

@@ -24,6 +24,14 @@
 //!   `GET /detections` returns them, `POST /reset` unflips everything,
 //!   `GET /stats` counts requests and accepted connections per listener kind
 //!   (connections/requests on the app side shows upstream connection reuse).
+//!   `POST /fault?first=I&count=N&stride=S&mode=M` injects a fault on those
+//!   addresses (for `make soak`, bench/soak.py): `5xx` (the app answers
+//!   `500` with `x-soak-fault: 5xx`), `reset` (the app resets new
+//!   connections at once and closes kept-alive ones without an answer),
+//!   `dead` (the vitals never answer) or `ok` (clears it); `GET /faults`
+//!   counts the faulted answers per mode.
+//! * **`/slow…`** on an app listener answers after 500 ms (a client can hang
+//!   up while the LB waits for it).
 //! * **Clients**: `register` (concurrent `POST /register`, reports the total
 //!   time), `heartbeat` (re-registers a fleet spread evenly over a period, as
 //!   agents do), `wait-routable` (polls `/telemetry` until
@@ -34,7 +42,6 @@
 //! with id `bench-i`. Every client prints one JSON object on stdout.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -75,6 +82,10 @@ enum Command {
         /// Vitals port, bound on 0.0.0.0.
         #[arg(long)]
         vitals_port: Option<u16>,
+        /// Bind the vitals port on each app listener's IP instead of
+        /// 0.0.0.0 (loopback only, for a few dozen explicit addresses).
+        #[arg(long)]
+        vitals_on_apps: bool,
         /// Control listener.
         #[arg(long)]
         control: Option<SocketAddr>,
@@ -207,8 +218,18 @@ fn main() -> anyhow::Result<()> {
             Command::Serve {
                 app,
                 vitals_port,
+                vitals_on_apps,
                 control,
-            } => serve(app, vitals_port, control).await,
+            } => {
+                let vitals: Vec<SocketAddr> = match vitals_port {
+                    Some(p) if vitals_on_apps => {
+                        app.iter().map(|a| SocketAddr::new(a.ip(), p)).collect()
+                    }
+                    Some(p) => vec![SocketAddr::from(([0, 0, 0, 0], p))],
+                    None => Vec::new(),
+                };
+                serve(app, vitals, control).await
+            }
             Command::Register { fleet, concurrency } => register(fleet, concurrency).await,
             Command::Heartbeat {
                 fleet,
@@ -273,6 +294,49 @@ struct Farm {
     /// Fast path: nothing flipped, no lock on the vitals path.
     any_flipped: AtomicBool,
     flipped: Mutex<HashMap<Ipv4Addr, Flipped>>,
+    /// Fast path: no fault injected, no lock.
+    any_fault: AtomicBool,
+    faults: Mutex<HashMap<Ipv4Addr, Fault>>,
+    /// Faulted answers (or resets, or held vitals) per mode.
+    faulted: [AtomicU64; 3],
+}
+
+/// A fault injected on one address (`POST /fault`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    ServerError,
+    Reset,
+    DeadVitals,
+}
+
+impl Fault {
+    fn parse(s: &str) -> Option<Option<Self>> {
+        match s {
+            "5xx" => Some(Some(Self::ServerError)),
+            "reset" => Some(Some(Self::Reset)),
+            "dead" => Some(Some(Self::DeadVitals)),
+            "ok" => Some(None),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        ["5xx", "reset", "dead"][self as usize]
+    }
+}
+
+impl Farm {
+    fn fault(&self, ip: Ipv4Addr) -> Option<Fault> {
+        if !self.any_fault.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.faults.lock().expect("lock").get(&ip).copied()
+    }
+
+    /// Count one faulted answer (or reset, or held vitals request).
+    fn hit(&self, f: Fault) {
+        self.faulted[f as usize].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -297,7 +361,7 @@ fn listen(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 
 async fn serve(
     apps: Vec<SocketAddr>,
-    vitals_port: Option<u16>,
+    vitals: Vec<SocketAddr>,
     control: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     // 10,000 pooled vitals connections plus proxied ones.
@@ -307,8 +371,8 @@ async fn serve(
     for a in apps {
         listeners.push((listen(a)?, Kind::App));
     }
-    if let Some(p) = vitals_port {
-        listeners.push((listen(SocketAddr::from(([0, 0, 0, 0], p)))?, Kind::Vitals));
+    for v in vitals {
+        listeners.push((listen(v)?, Kind::Vitals));
     }
     if let Some(c) = control {
         listeners.push((listen(c)?, Kind::Control));
@@ -340,6 +404,13 @@ async fn accept_loop(l: TcpListener, kind: Kind, farm: Arc<Farm>) -> anyhow::Res
             Ok(SocketAddr::V4(a)) => *a.ip(),
             _ => Ipv4Addr::LOCALHOST,
         };
+        if matches!(kind, Kind::App) && farm.fault(local) == Some(Fault::Reset) {
+            farm.hit(Fault::Reset);
+            #[allow(deprecated)] // zero linger: an RST, no blocking
+            let _ = stream.set_linger(Some(Duration::ZERO));
+            drop(stream);
+            continue;
+        }
         let farm = Arc::clone(&farm);
         match kind {
             Kind::App => farm.app_connections.fetch_add(1, Ordering::Relaxed),
@@ -349,7 +420,7 @@ async fn accept_loop(l: TcpListener, kind: Kind, farm: Arc<Farm>) -> anyhow::Res
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
                 let farm = Arc::clone(&farm);
-                async move { Ok::<_, Infallible>(handle(&farm, kind, local, req)) }
+                async move { handle(&farm, kind, local, req).await }
             });
             let _ = http1::Builder::new()
                 .keep_alive(true)
@@ -359,14 +430,63 @@ async fn accept_loop(l: TcpListener, kind: Kind, farm: Arc<Farm>) -> anyhow::Res
     }
 }
 
-fn handle(farm: &Farm, kind: Kind, local: Ipv4Addr, req: Request<Incoming>) -> Response<Tiny> {
-    match kind {
+/// The error that makes hyper close a kept-alive connection unanswered.
+#[derive(Debug)]
+struct Hangup;
+
+impl std::fmt::Display for Hangup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("injected reset")
+    }
+}
+
+impl std::error::Error for Hangup {}
+
+async fn handle(
+    farm: &Farm,
+    kind: Kind,
+    local: Ipv4Addr,
+    req: Request<Incoming>,
+) -> Result<Response<Tiny>, Hangup> {
+    let fault = match kind {
+        Kind::Control => None,
+        _ => farm.fault(local),
+    };
+    Ok(match kind {
         Kind::App => {
             farm.app_requests.fetch_add(1, Ordering::Relaxed);
+            match fault {
+                Some(Fault::Reset) => {
+                    farm.hit(Fault::Reset);
+                    return Err(Hangup);
+                }
+                Some(Fault::ServerError) => {
+                    farm.hit(Fault::ServerError);
+                    let mut r = reply(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "text/plain",
+                        Bytes::from_static(b"injected\n"),
+                    );
+                    r.headers_mut().insert(
+                        "x-soak-fault",
+                        hyper::header::HeaderValue::from_static("5xx"),
+                    );
+                    return Ok(r);
+                }
+                _ => {}
+            }
+            if req.uri().path().starts_with("/slow") {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
             reply(StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n"))
         }
         Kind::Vitals => {
             farm.vitals_requests.fetch_add(1, Ordering::Relaxed);
+            if fault == Some(Fault::DeadVitals) {
+                farm.hit(Fault::DeadVitals);
+                // Never answers within any check timeout; the LB hangs up.
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
             let mut ready = true;
             if farm.any_flipped.load(Ordering::Relaxed) {
                 let mut flipped = farm.flipped.lock().expect("lock");
@@ -385,7 +505,38 @@ fn handle(farm: &Farm, kind: Kind, local: Ipv4Addr, req: Request<Incoming>) -> R
             reply(StatusCode::OK, "application/json", Bytes::from_static(body))
         }
         Kind::Control => control(farm, req),
+    })
+}
+
+fn query_str<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then_some(v)
+    })
+}
+
+/// `POST /fault?first=I&count=N&stride=S&mode=M`.
+fn inject(farm: &Farm, req: &Request<Incoming>) -> Response<Tiny> {
+    let Some(mode) = query_str(req, "mode").and_then(Fault::parse) else {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            Bytes::from_static(b"mode: 5xx | reset | dead | ok\n"),
+        );
+    };
+    let first = query_u32(req, "first").unwrap_or(0);
+    let count = query_u32(req, "count").unwrap_or(0);
+    let stride = query_u32(req, "stride").unwrap_or(1).max(1);
+    let mut faults = farm.faults.lock().expect("lock");
+    for k in 0..count {
+        let ip = backend_ip(first.saturating_add(k.saturating_mul(stride)));
+        match mode {
+            Some(f) => faults.insert(ip, f),
+            None => faults.remove(&ip),
+        };
     }
+    farm.any_fault.store(!faults.is_empty(), Ordering::Relaxed);
+    reply_json(json!({"faulted": faults.len()}))
 }
 
 fn query_u32(req: &Request<Incoming>, key: &str) -> Option<u32> {
@@ -427,6 +578,14 @@ fn control(farm: &Farm, req: Request<Incoming>) -> Response<Tiny> {
                 .filter_map(|f| f.detected.map(|d| d.as_secs_f64() * 1000.0))
                 .collect();
             reply_json(json!({"flipped": flipped.len(), "detected_ms": ms}))
+        }
+        ("POST", "/fault") => inject(farm, &req),
+        ("GET", "/faults") => {
+            let mut v = json!({"faulted": farm.faults.lock().expect("lock").len()});
+            for f in [Fault::ServerError, Fault::Reset, Fault::DeadVitals] {
+                v[f.name()] = json!(farm.faulted[f as usize].load(Ordering::Relaxed));
+            }
+            reply_json(v)
         }
         ("GET", "/stats") => reply_json(json!({
             "app_requests": farm.app_requests.load(Ordering::Relaxed),
