@@ -5,12 +5,14 @@ For --minutes, against ONE `roster lb` on loopback, all at once:
 
 - steady traffic: --h1-rate req/s of HTTP/1.1 GETs over --h1-conns keep-alive
   connections (every 25th request closes its connection), and --h2-rate req/s
-  of h2c GETs (prior knowledge, python-h2) over --h2-conns connections; each
-  paced (request i is due at start + i/rate), hosts mixed: the default service,
-  `web.soak` (a route), and the hosts of the routes the reloads add and remove;
+  of h2c GETs (prior knowledge, python-h2) over --h2-conns connections (each
+  replaced every 3,000 streams); each paced (request i is due at
+  start + i/rate), hosts mixed: the default service, `web.soak` (a route), and
+  the hosts of the routes the reloads add and remove;
 - registration churn: the core backends heartbeat every 10 s; every 20 s one
-  of core-3..5 is deleted and comes back 2 s later under a new id; every
-  1.5 s an ephemeral backend registers in service churn-0..2 and is deleted
+  of core-3..5 is deleted and comes back 2 s later under a new id, every
+  other time on another address; every 1.5 s an ephemeral backend registers
+  in service churn-0..2 (one in five in a service of its own) and is deleted
   5-25 s later, or (one in three) left to expire; one in ten has no listener
   at all (its checks fail until it leaves);
 - faults on core-0..2, one at a time, 8 s every 15 s, in turn: the app answers
@@ -18,7 +20,8 @@ For --minutes, against ONE `roster lb` on loopback, all at once:
   answer, the vitals say `ready: false`;
 - config reloads every 15 s: the --config file is rewritten atomically
   (write + rename) with one route added and one removed, and /routes must
-  show the change within 5 s;
+  show the change within 5 s; every fourth time a bad file (a duplicate
+  route) comes first, and /routes must report it refused within 5 s;
 - a hang-up storm 30 s into every minute: --storm clients that hang up mid
   request (HTTP/1.1 GET of a 500 ms answer, a POST cut mid-body, a head cut
   mid-header, a request followed by an RST, and h2c streams of a slow answer).
@@ -45,7 +48,8 @@ injected faults:
   Any other status, a timeout (5 s), a reset or a close counts as a failure,
   by protocol and cause, with the faults active at that moment noted. So does
   a control call answered otherwise than expected (register 200/201,
-  delete 204), a reload not visible in /routes within 5 s, and the LB exiting.
+  delete 204), a reload not visible in /routes within 5 s, a bad file not
+  refused, and the LB exiting or panicking (its log is read at the end).
 
 Standard library plus python-h2; loopback only; bounded: every network call
 has a timeout and every loop ends at the deadline (a watchdog stops the rest).
@@ -71,7 +75,8 @@ import h2.exceptions
 
 now = time.monotonic
 TIMEOUT = 5.0
-CORE, WEB, CHURN_POOL = 6, 3, 30  # backends: core-0..5, web-0..2, ephemeral addresses
+CORE, WEB, CHURN_POOL = 6, 3, 30  # backends: core-0..5, web-0..2, ephemeral addresses 9-38
+SPARE = CORE + WEB + CHURN_POOL  # 39-41: where core-3..5 come back every other time
 FLAT = {"rss_kb": (0.10, 8192), "fds": (0.10, 32), "threads": (0.0, 4), "series": (0.10, 24)}
 
 
@@ -320,6 +325,9 @@ async def h2_worker(s, n, rate, start):
         elif delay < -1:
             s.events["h2c skipped (client behind)"] += 1
             continue
+        if c is not None and i % 3000 == 0:  # a fresh connection now and then
+            asyncio.get_running_loop().call_later(TIMEOUT + 1, c.close)
+            c = None
         if c is None or c.dead:
             if c is not None:
                 c.close()
@@ -475,18 +483,23 @@ async def churn(s, stable):
             await asyncio.sleep(2)
             gen[i] += 1
             new = f"core-{i}-{gen[i]}"
-            stable[new] = registration(new, i, port=a.app)
+            # Every other comeback is on a spare address (39-41): the old
+            # address's upstream connections and series must go.
+            stable[new] = registration(new, i if gen[i] % 2 == 0 else SPARE + i - 3, port=a.app)
             await control(s, "core register", "POST", "/register", stable[new], want=(201,))
         n += 1
         ghost = n % 10 == 0  # an address with no listener: checks fail until it leaves
         idx = CORE + WEB + (n % CHURN_POOL) if not ghost else 1000 + n % 100
         eid = f"eph-{n}"
         fate = "delete" if n % 3 else "expire"
-        if await control(s, "ephemeral register", "POST", "/register", registration(eid, idx, f"churn-{n % 3}", a.app), want=(201,)):
-            ephemeral[eid] = (now() + random.uniform(5, 25), fate, n % 3)
+        # One in five in a service of its own, gone with it: per-service
+        # series must not pile up.
+        svc = f"tmp-{n}" if n % 5 == 0 else f"churn-{n % 3}"
+        if await control(s, "ephemeral register", "POST", "/register", registration(eid, idx, svc, a.app), want=(201,)) == 201:
+            ephemeral[eid] = (now() + random.uniform(5, 25), fate, svc)
         for eid, (end, fate, svc) in list(ephemeral.items()):
             if fate == "delete" and now() >= end:
-                await control(s, "ephemeral delete", "DELETE", f"/register/{eid}?service=churn-{svc}", want=(204,))
+                await control(s, "ephemeral delete", "DELETE", f"/register/{eid}?service={svc}", want=(204,))
                 del ephemeral[eid]
             elif fate == "expire":
                 del ephemeral[eid]  # never renewed: the lease ends it
@@ -518,13 +531,31 @@ async def faults(s):
 # ---------------------------------------------------------------- reloads
 
 
-def write_config(path, window):
+def write_config(path, window, bad=False):
     lines = ["# written by bench/soak.py; reloaded by the LB", "routes:", "  - {name: web, host: web.soak, service: web}"]
     lines += [f"  - {{name: r{j}, host: r{j}.soak, service: web}}" for j in window]
+    if bad:  # the same host twice: the LB must refuse the file and keep its routes
+        lines.append(f"  - {{name: dup, host: r{window[0]}.soak, service: web}}")
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         f.write("\n".join(lines) + "\n")
     os.replace(tmp, path)  # atomic: the LB never reads a half-written file
+
+
+async def refused(s, window):
+    """Write a bad file; the LB must say so in /routes within 5 s."""
+    write_config(s.a.config, window, bad=True)
+    t = now()
+    while now() - t < 5:
+        await asyncio.sleep(0.2)
+        try:
+            _, _, body = await call(s.a.control, "GET", "/routes")
+            if json.loads(body).get("last_reload_error"):
+                s.events["bad files refused"] += 1
+                return
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+            pass
+    s.control_failed["bad file not refused in /routes within 5 s"] += 1
 
 
 async def reloads(s):
@@ -534,6 +565,8 @@ async def reloads(s):
         if not s.alive():
             break
         v += 1
+        if v % 4 == 0:
+            await refused(s, [(v - 1 + d) % 10 for d in range(3)])
         window = [(v + d) % 10 for d in range(3)]
         gone = (v - 1) % 10
         write_config(s.a.config, window)

@@ -49,6 +49,9 @@ fi
 ROSTER=${SOAK_ROSTER:-$ROOT/target/release/roster}
 FARM=$ROOT/target/release/examples/benchfarm
 for b in "$ROSTER" "$FARM"; do [ -x "$b" ] || { echo "missing $b" >&2; exit 1; }; done
+# A private copy: a rebuild during a long run cannot swap the binary measured.
+cp "$ROSTER" "$OUT/roster"
+ROSTER=$OUT/roster
 
 # Ports (127.0.0.1 and the farm's 127.10.x.y): LB proxy BASE, control BASE+1,
 # farm control BASE+2, apps BASE+10 and their vitals BASE+11.
@@ -86,9 +89,10 @@ listening() {
 
 # ---------------------------------------------------------------- the farm
 # Backend i listens on 127.10.0.(i+1):P_APP, its vitals on the same IP at
-# P_APP+1: core 0-5, web 6-8, ephemeral 9-38 (soak.py's CORE, WEB, CHURN_POOL).
+# P_APP+1: core 0-5, web 6-8, ephemeral 9-38, spares 39-41 (soak.py's CORE,
+# WEB, CHURN_POOL, SPARE).
 apps=()
-for i in $(seq 0 38); do apps+=(--app "127.10.0.$((i + 1)):$P_APP"); done
+for i in $(seq 0 41); do apps+=(--app "127.10.0.$((i + 1)):$P_APP"); done
 "$FARM" serve "${apps[@]}" --vitals-port "$((P_APP + 1))" --vitals-on-apps \
   --control "127.0.0.1:$P_FARMCTL" >"$OUT/farm.log" 2>&1 &
 FARM_PID=$!
@@ -108,7 +112,7 @@ if ! listening "$P_CTL" "$LB_PID" || ! listening "$P_PROXY" "$LB_PID"; then
   tail -5 "$OUT/lb.log" >&2
   exit 1
 fi
-log "LB pid $LB_PID ($("$ROSTER" --version 2>/dev/null || echo roster), $(git rev-parse --short HEAD)); $MINUTES min; out: $OUT"
+log "LB pid $LB_PID ($("$ROSTER" --version 2>/dev/null || echo roster), HEAD $(git rev-parse --short HEAD), sha256 $(sha256sum "$ROSTER" | cut -c1-12)); $MINUTES min; out: $OUT"
 
 # ---------------------------------------------------------------- the soak
 rc=0
