@@ -117,7 +117,6 @@ impl<S: Sections> Overlay<S> {
     /// The file (or the defaults), then every flag or env var given.
     pub fn load(&self) -> Result<Config, ConfigError> {
         let mut c = Config::load(self.file.config.as_deref())?;
-        c.source = self.file.config.clone();
         self.apply(&mut c)?;
         Ok(c)
     }

@@ -67,10 +67,18 @@ pub struct Config {
     /// Per-service overrides of the LB's defaults, by service name.
     #[schemars(extend("propertyNames" = {"pattern": "^[A-Za-z0-9._-]{1,253}$"}))]
     pub services: std::collections::BTreeMap<String, ServiceConfig>,
-    /// The file this came from, watched for route changes (not a key).
+    /// The file this came from and the text it was read from (not a key):
+    /// the LB watches it for route changes and checks reloads against it.
     #[serde(skip)]
     #[schemars(skip)]
-    pub source: Option<PathBuf>,
+    pub source: Option<Source>,
+}
+
+/// A config file as it was loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Source {
+    pub path: PathBuf,
+    pub text: std::sync::Arc<str>,
 }
 
 /// `health_check:` — read by the LB.
@@ -123,9 +131,10 @@ pub struct HealthCheckConfig {
         env = "ROSTER_HEALTH_CONCURRENCY"
     )]
     pub concurrency: usize,
-    /// Percent of registered, non-draining backends that must be healthy;
+    /// Percent of checked, non-draining backends that must be healthy;
     /// below it the LB routes to every one that is not `ready:false`
-    /// rather than overload the few left (panic mode). 0 disables.
+    /// rather than overload the few left (panic mode). A backend not
+    /// checked yet counts neither way. 0 disables.
     #[arg(
         id = "health_check.panic_threshold",
         required = false,
@@ -505,7 +514,8 @@ impl RegistrationConfig {
 impl Config {
     /// Parse YAML text; `origin` names the source in errors.
     pub fn from_yaml(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        // An empty file is an empty mapping, not an error.
+        // An empty file is an empty mapping at start, not an error (a
+        // reload refuses it: see [`reload`]).
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
@@ -524,7 +534,12 @@ impl Config {
                     path: p.to_path_buf(),
                     source,
                 })?;
-                Self::from_yaml(&text, p)
+                let mut c = Self::from_yaml(&text, p)?;
+                c.source = Some(Source {
+                    path: p.to_path_buf(),
+                    text: text.into(),
+                });
+                Ok(c)
             }
         }
     }
@@ -533,6 +548,7 @@ impl Config {
 mod agent;
 mod args;
 mod duration;
+pub mod reload;
 mod services;
 #[cfg(test)]
 mod tests;

@@ -2,7 +2,6 @@
 //! API, the per-service publisher, the sweeper (leases, ejections,
 //! drains), the routes watcher, and the graceful drain on SIGTERM.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
@@ -17,7 +16,7 @@ use super::State;
 use super::routes::RouteTable;
 use super::tls::CertStore;
 use super::upgrade::Upgrades;
-use crate::config::Config;
+use crate::config::{self, Config, Source};
 use crate::registry::Change;
 use crate::signals::Stop;
 use crate::telemetry::{BackendRequests, DeregistrationReason, ReloadResult};
@@ -65,8 +64,8 @@ impl BackgroundService for Control {
         tokio::spawn(Arc::clone(&st).publish_loop(st.registry.subscribe()));
         tokio::spawn(Arc::clone(&st).sweep_loop());
         tokio::spawn(Arc::clone(&st.health).run());
-        if let Some(path) = st.config.source.clone() {
-            tokio::spawn(Arc::clone(&st).watch_routes(path));
+        if let Some(source) = st.config.source.clone() {
+            tokio::spawn(Arc::clone(&st).watch_routes(source));
         }
         if let Some(certs) = &self.certs {
             tokio::spawn(Arc::clone(certs).watch(st.config.lb.tls.reload_interval));
@@ -220,10 +219,22 @@ impl State {
     }
 
     /// Reload `routes:` when the config file changes (a ConfigMap update
-    /// swaps a symlink, so the content is compared, not the mtime). A bad
-    /// file keeps the routes in force and says why, naming the route.
-    async fn watch_routes(self: Arc<Self>, path: PathBuf) {
-        let mut last = tokio::fs::read(&path).await.ok();
+    /// swaps a symlink, so the content is compared, not the mtime). A new
+    /// text is applied once it reads the same twice, [`SETTLE`] apart (a
+    /// write caught half way is not), and only if [`config::reload::check`]
+    /// accepts it: a file with no keys, one that does not parse, or one
+    /// that changes a restart-only key keeps the routes in force and says
+    /// why (the log, `GET /routes`, `roster_lb_config_reloads_total`).
+    async fn watch_routes(self: Arc<Self>, source: Source) {
+        let running = match Config::from_yaml(&source.text, &source.path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "config file: not watched");
+                return;
+            }
+        };
+        let path = source.path;
+        let mut last: Vec<u8> = source.text.as_bytes().to_vec();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -231,42 +242,47 @@ impl State {
             let Ok(text) = tokio::fs::read(&path).await else {
                 continue;
             };
-            if last.as_ref() == Some(&text) {
+            if text == last {
                 continue;
             }
-            last = Some(text.clone());
-            match compile_routes(&path, &text) {
-                Ok(routes) => {
-                    tracing::info!(path = %path.display(), routes = routes.view().routes.len(), "routes reloaded");
-                    self.set_routes(routes);
-                    *self.route_error.lock() = None;
-                    self.metrics
-                        .reloads
-                        .with_label_values(&[ReloadResult::Ok.as_str()])
-                        .inc();
-                }
-                Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "routes not reloaded: keeping the ones in force");
-                    *self.route_error.lock() = Some(e.to_string());
-                    self.metrics
-                        .reloads
-                        .with_label_values(&[ReloadResult::Refused.as_str()])
-                        .inc();
-                }
+            tokio::time::sleep(SETTLE).await;
+            if tokio::fs::read(&path).await.ok().as_ref() != Some(&text) {
+                continue; // still being written: look again next tick
             }
+            let outcome = config::reload::check(&running, &String::from_utf8_lossy(&text), &path)
+                .map_err(|e| e.to_string())
+                .and_then(|new| {
+                    RouteTable::build(&new.routes, &self.config.lb.default_service)
+                        .map_err(|e| e.to_string())
+                });
+            last = text;
+            self.apply_reload(&path, outcome);
         }
+    }
+
+    fn apply_reload(&self, path: &std::path::Path, outcome: Result<RouteTable, String>) {
+        let result = match outcome {
+            Ok(routes) => {
+                tracing::info!(path = %path.display(), routes = routes.view().routes.len(), "routes reloaded");
+                self.set_routes(routes);
+                *self.route_error.lock() = None;
+                ReloadResult::Ok
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "config file not reloaded: keeping the config in force");
+                *self.route_error.lock() = Some(e);
+                ReloadResult::Refused
+            }
+        };
+        self.metrics
+            .reloads
+            .with_label_values(&[result.as_str()])
+            .inc();
     }
 }
 
-/// The routes of a config file's new text.
-fn compile_routes(path: &std::path::Path, text: &[u8]) -> Result<RouteTable, crate::Error> {
-    let text = String::from_utf8_lossy(text);
-    let config = Config::from_yaml(&text, path)?;
-    Ok(RouteTable::build(
-        &config.routes,
-        &config.lb.default_service,
-    )?)
-}
+/// How long a changed config file must read the same before it is applied.
+const SETTLE: Duration = Duration::from_millis(200);
 
 fn log_panic(service: &str, panic: bool, routing_to: usize) {
     if panic {

@@ -106,7 +106,10 @@ impl Registry {
             return None;
         };
         let entries = || pool.by_id.values().filter(|e| e.draining_since.is_none());
+        // The panic ratio counts checked entries only: one not checked yet
+        // (every one, just after a start) is neither healthy nor failing.
         let eligible = entries()
+            .filter(|e| e.health.checked)
             .filter(|e| e.health.state != crate::protocol::BackendState::Draining)
             .count();
         let healthy = entries().filter(|e| e.routable()).count();

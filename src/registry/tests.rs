@@ -342,6 +342,39 @@ fn panic_mode_routes_to_verified_ready_backends() {
     assert_eq!(f.publish().addresses, ["10.0.0.2:80"]);
 }
 
+/// Just after a start every entry is unchecked: the first good answer
+/// must not read as "1 of N healthy" and trip panic mode.
+#[test]
+fn unchecked_backends_do_not_count_toward_panic() {
+    let p = Policy {
+        max_backends: 10,
+        ..policy()
+    };
+    let mut f = Fixture::new(p.clone(), 1, 50.0);
+    let now = Instant::now();
+    let mut targets = Vec::new();
+    for i in 1..=4 {
+        let r = reg(&format!("b{i}"), &format!("10.0.0.{i}:80"));
+        let (_, t) = f.register(p.validate(&r).unwrap(), now).unwrap();
+        targets.push(t.unwrap());
+    }
+    assert!(!f.publish().panic, "nothing checked: no verdict, no panic");
+    f.r.apply_check(&targets[0], ready());
+    let r = f.publish();
+    assert!(!r.panic, "1 checked, 1 healthy; 3 not checked yet");
+    assert_eq!(r.addresses, ["10.0.0.1:80"]);
+    f.r.apply_check(&targets[1], CheckResult::Failed("refused".into()));
+    assert!(!f.publish().panic, "1 of 2 checked is not below 50%");
+    f.r.apply_check(&targets[2], CheckResult::Failed("refused".into()));
+    let r = f.publish();
+    assert!(r.panic, "1 of 3 checked is below 50%");
+    assert_eq!(
+        r.addresses,
+        ["10.0.0.1:80"],
+        "failed first checks were never verified"
+    );
+}
+
 #[test]
 fn services_are_separate_pools_with_their_own_panic() {
     let p = Policy {

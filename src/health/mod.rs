@@ -8,8 +8,11 @@
 //! until its first good check.
 //!
 //! Every entry keeps its own phase in one timer queue, so checks of 10,000
-//! backends spread over the interval instead of bursting; a semaphore
-//! bounds how many are in flight, and small registries reuse connections.
+//! backends spread over the interval instead of bursting; [`lanes`] bound
+//! how many are in flight and keep checks of failing backends from holding
+//! back the others; small registries reuse connections.
+
+mod lanes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,13 +20,14 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use parking_lot::Mutex;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::time::DelayQueue;
 
 use crate::backoff::Backoff;
 use crate::protocol::{BackendState, Vitals};
 use crate::registry::{Change, CheckResult, CheckSpec, Registry, Target};
 use crate::telemetry::LbMetrics;
+use lanes::{Class, Lanes};
 
 /// Largest vitals body read; the seed's document is ~300 bytes.
 const MAX_VITALS_BYTES: usize = 64 * 1024;
@@ -113,11 +117,10 @@ pub fn judge(v: Vitals, expected_id: &str) -> CheckResult {
 pub struct HealthLoop {
     registry: Arc<Registry>,
     checker: Checker,
-    /// Check lanes, each with its own permits, so checks that time out
-    /// (dead backends) never delay those of new or live ones: first
-    /// checks, entries in the pool (or answering), and entries out of the
-    /// pool after failures (a quarter of the permits).
-    lanes: [Arc<Semaphore>; 3],
+    /// Check slots by what each backend did last ([`lanes`]), so checks
+    /// that time out (dark backends) never delay those of new or
+    /// answering ones.
+    lanes: Lanes,
     metrics: Arc<LbMetrics>,
     queue: mpsc::UnboundedSender<Due>,
     /// Taken by [`HealthLoop::run`]: requeued entries, and the registry's
@@ -152,11 +155,7 @@ impl HealthLoop {
         Self {
             registry,
             checker,
-            lanes: [
-                Arc::new(Semaphore::new(concurrency)),
-                Arc::new(Semaphore::new(concurrency)),
-                Arc::new(Semaphore::new((concurrency / 4).max(1))),
-            ],
+            lanes: Lanes::new(concurrency),
             metrics,
             queue,
             inbox: Mutex::new(Some(Inbox { due, changes })),
@@ -205,18 +204,12 @@ impl HealthLoop {
     /// interval (±5% jitter, so a fleet registered at once does not stay
     /// in step), or longer for an entry that keeps failing.
     async fn check_and_requeue(self: Arc<Self>, target: Target) {
-        // A backend still in the pool keeps its lane through a failure, so
-        // it leaves on time when it dies.
-        let lane = match (target.checked, target.failing) {
-            (false, _) => &self.lanes[0],
-            (true, 0) => &self.lanes[1],
-            (true, _) => &self.lanes[2],
-        };
-        let Ok(permit) = Arc::clone(lane).acquire_owned().await else {
-            return;
-        };
+        let slot = self
+            .lanes
+            .acquire(Class::of(target.checked, target.fails))
+            .await;
         self.check_once(&target).await;
-        drop(permit);
+        drop(slot);
         let failing = self
             .registry
             .target(&target.service, &target.id, target.generation)
