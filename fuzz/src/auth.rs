@@ -64,24 +64,25 @@ pub fn run(data: &[u8]) {
         std::fs::write(&path, s[1]).expect("a scratch file");
         cfg.token_file = Some(path);
     }
-    let Ok(mut auth) = Auth::new(&cfg) else {
+    let Ok(auth) = Auth::new(&cfg) else {
         // An empty token file is a startup error.
         assert!(s[1].trim_ascii().is_empty());
         return;
     };
     let (review, pod) = (Answer::parse(s[2]), Answer::parse(s[3]));
     let kube = !s[2].is_empty();
-    if kube {
-        auth = auth.with_kube(KubeAuth::with_client(
-            cfg.token_audience.clone(),
-            fake_api(review.clone(), pod.clone()),
-        ));
-    }
     let ip: IpAddr = std::str::from_utf8(s[4])
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(IpAddr::from([10, 0, 0, 7]));
     let (write, any) = util::block_on(async {
+        // kube's client spawns its worker: inside the runtime.
+        let auth = if kube {
+            let client = fake_api(review.clone(), pod.clone());
+            auth.with_kube(KubeAuth::with_client(cfg.token_audience.clone(), client))
+        } else {
+            auth
+        };
         (
             auth.authorize_write(&headers, ip).await,
             auth.authorize_any(&headers).await,

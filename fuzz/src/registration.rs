@@ -46,7 +46,10 @@ fn register(reg: &Registration, default_service: &str) {
     validate_name(Field::Id, &valid.id).expect("a validated id");
     validate_name(Field::Service, &valid.service).expect("a validated service");
     assert!((1..=MAX_WEIGHT).contains(&valid.weight), "{valid:?}");
-    assert!(valid.addr.port() != 0 && valid.metrics_port != 0, "{valid:?}");
+    assert!(
+        valid.addr.port() != 0 && valid.metrics_port != 0,
+        "{valid:?}"
+    );
     let ip = valid.addr.ip();
     assert!(
         registry

@@ -68,7 +68,10 @@ pub fn registry(default_service: &str) -> Registry {
         .allowed_networks
         .extend(["127.0.0.0/8", "::1/128", "169.254.0.0/16", "fe80::/10"].map(String::from));
     let policy = Policy {
-        allowed_networks: config.registration.networks().expect("default networks parse"),
+        allowed_networks: config
+            .registration
+            .networks()
+            .expect("default networks parse"),
         max_backends: 8,
         lease_ttl: config.registration.lease_ttl,
         default_service: default_service.into(),
@@ -95,7 +98,10 @@ pub fn backend(id: &str, address: &str) -> Registration {
 /// Register `reg` (it must pass) and return the target its checks probe.
 pub fn register(registry: &Registry, reg: &Registration, now: Instant) -> Target {
     let mut changes = registry.subscribe();
-    let valid = registry.policy().validate(reg).expect("a valid registration");
+    let valid = registry
+        .policy()
+        .validate(reg)
+        .expect("a valid registration");
     registry.register(valid, now).expect("room in the registry");
     let mut target = None;
     while let Ok(c) = changes.try_recv() {

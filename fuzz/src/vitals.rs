@@ -4,8 +4,8 @@
 
 use std::time::Instant;
 
-use roster::lb::select::LoadScore;
 use roster::health::judge;
+use roster::lb::select::LoadScore;
 use roster::protocol::Vitals;
 use roster::registry::CheckResult;
 

@@ -308,6 +308,10 @@ fn metadata_ops(
 ) -> Vec<PatchOperation> {
     let mut ops = Vec::new();
     if cfg.scrape_annotations && !annotations.keys().any(|k| k.starts_with("prometheus.io/")) {
+        // A namespace's pods may have no annotations at all.
+        if pod.metadata.annotations.is_none() {
+            ops.push(add(&["metadata", "annotations"], json!({})));
+        }
         for (k, v) in [
             ("prometheus.io/scrape", "true".to_string()),
             ("prometheus.io/port", cfg.metrics_port.to_string()),

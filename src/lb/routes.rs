@@ -166,10 +166,12 @@ fn normalize(prefix: Option<&str>) -> String {
     prefix.unwrap_or("").trim_end_matches('/').to_string()
 }
 
+/// The first segment of a path (`""` for `/` and `//x`); None when it does
+/// not start with '/' (an empty prefix, `*`). An empty segment is a key
+/// like any other: a `//x` prefix matches under it, not every path.
 fn first_segment(path: &str) -> Option<&str> {
     let rest = path.strip_prefix('/')?;
-    let seg = rest.split('/').next().unwrap_or(rest);
-    (!seg.is_empty()).then_some(seg)
+    Some(rest.split('/').next().unwrap_or(rest))
 }
 
 /// `prefix` matches `path` on a segment boundary.
@@ -277,6 +279,30 @@ mod tests {
         assert!(e.contains("routes[1]") && e.contains("routes[0]"), "{e}");
         let e = RouteTable::build(&[r(None, Some("x"), "s")], "d").unwrap_err();
         assert!(e.to_string().contains("routes[0]"), "{e}");
+    }
+
+    #[test]
+    fn a_prefix_with_an_empty_segment_matches_only_its_paths() {
+        // Fuzzing (fuzz/corpus/routes/slashes): `//x` was filed as "every path".
+        let t = RouteTable::build(
+            &[
+                r(None, Some("//x"), "dbl"),
+                r(None, Some("/a"), "a"),
+                r(None, Some("/"), "root"),
+            ],
+            "",
+        )
+        .unwrap();
+        for (path, want) in [
+            ("//x", "dbl"),
+            ("//x/y", "dbl"),
+            ("//y", "root"),
+            ("/", "root"),
+            ("/a/b", "a"),
+            ("/x", "root"),
+        ] {
+            assert_eq!(t.resolve(None, path).map(|s| &**s), Some(want), "{path}");
+        }
     }
 
     #[test]

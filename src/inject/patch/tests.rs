@@ -344,3 +344,24 @@ fn sleep_can_be_turned_off() {
     let p = patched(&annotated(json!({}), web_spec()), &cfg);
     assert!(p.spec.unwrap().containers[0].lifecycle.is_none());
 }
+
+#[test]
+fn namespace_opt_in_patches_a_pod_without_annotations() {
+    // Fuzzing (fuzz/corpus/admission/no-annotations): the scrape
+    // annotations were added under a missing `/metadata/annotations`.
+    let p = pod(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": "web-1", "namespace": "shop" },
+        "spec": web_spec(),
+    }));
+    let Injection::Patched(patch) =
+        inject_with(&p, &InjectConfig::default(), OptIn::Namespace).expect("inject")
+    else {
+        panic!("expected a patch")
+    };
+    let mut doc = serde_json::to_value(&p).unwrap();
+    json_patch::patch(&mut doc, &patch).expect("patch applies");
+    let p: Pod = serde_json::from_value(doc).expect("still a pod");
+    let annotations = p.metadata.annotations.unwrap_or_default();
+    assert_eq!(annotations["prometheus.io/port"], "9090");
+}
