@@ -205,6 +205,37 @@ pub struct ErrorBody {
     pub error: String,
 }
 
+impl ErrorBody {
+    /// `{"error":"..."}`: the one encoding of every refusal's body, on
+    /// every port (the control API, the proxy, the vitals port, the raw
+    /// answers below).
+    pub fn json(message: &str) -> String {
+        serde_json::json!({ "error": message }).to_string()
+    }
+}
+
+/// A whole HTTP/1.1 refusal written straight to a socket that has no HTTP
+/// stack on it (yet): the status line, `connection: close`, `headers`, and
+/// the [`ErrorBody`] with its exact length. The connection is closed after.
+pub fn raw_refusal(status: http::StatusCode, headers: &[(&str, &str)], message: &str) -> Vec<u8> {
+    use std::fmt::Write;
+    let body = ErrorBody::json(message);
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nconnection: close\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    for (name, value) in headers {
+        let _ = write!(head, "{name}: {value}\r\n");
+    }
+    let _ = write!(
+        head,
+        "content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    head.into_bytes()
+}
+
 /// One element of `GET /services`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ServiceView {
@@ -215,4 +246,36 @@ pub struct ServiceView {
     pub routable: usize,
     /// Hex digest of the service's routable set (as `/registry`'s).
     pub digest: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_have_one_encoding() {
+        assert_eq!(ErrorBody::json("no route"), r#"{"error":"no route"}"#);
+        assert_eq!(
+            ErrorBody::json("a \"quoted\"\nline"),
+            r#"{"error":"a \"quoted\"\nline"}"#
+        );
+    }
+
+    /// The answers written to raw sockets, byte for byte: the
+    /// content-length is the body's.
+    #[test]
+    fn raw_refusals_are_exact() {
+        assert_eq!(
+            String::from_utf8_lossy(&crate::limits::FULL),
+            "HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\n\
+             content-type: application/json\r\ncontent-length: 37\r\n\r\n\
+             {\"error\":\"too many open connections\"}"
+        );
+        let r = raw_refusal(http::StatusCode::REQUEST_TIMEOUT, &[], "x");
+        assert_eq!(
+            String::from_utf8_lossy(&r),
+            "HTTP/1.1 408 Request Timeout\r\nconnection: close\r\n\
+             content-type: application/json\r\ncontent-length: 13\r\n\r\n{\"error\":\"x\"}"
+        );
+    }
 }

@@ -73,7 +73,7 @@ pub async fn serve<T: Clone + Send + Sync + 'static>(
         };
         let Some(slot) = l.table.admit() else {
             if l.tls.is_none() {
-                let _ = tcp.try_write(crate::limits::FULL);
+                let _ = tcp.try_write(&crate::limits::FULL);
             }
             continue;
         };
@@ -210,13 +210,9 @@ fn declared_length<B>(req: &Request<B>) -> Option<u64> {
         .ok()
 }
 
-/// A JSON `{"error": ...}` answer.
+/// A JSON `{"error": ...}` answer ([`ErrorBody::json`]).
 pub fn error(status: StatusCode, message: &str) -> Response<Body> {
-    let body = serde_json::to_vec(&ErrorBody {
-        error: message.into(),
-    })
-    .unwrap_or_default();
-    let mut resp = Response::new(Body::from(body));
+    let mut resp = Response::new(Body::from(ErrorBody::json(message)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -24,7 +24,7 @@ use super::Shared;
 use super::layer::CounterSnapshot;
 use super::probe::AppVitals;
 use super::resources::Resources;
-use crate::protocol::{ErrorBody, Vitals};
+use crate::protocol::Vitals;
 
 /// Everything the vitals are made of.
 #[derive(Debug, Clone)]
@@ -260,13 +260,7 @@ impl Peer {
 const MAX_BODY_BYTES: usize = 4096;
 
 fn error(status: StatusCode, message: &str) -> Response {
-    (
-        status,
-        Json(ErrorBody {
-            error: message.into(),
-        }),
-    )
-        .into_response()
+    crate::serve::error(status, message).into_response()
 }
 
 /// The vitals router.

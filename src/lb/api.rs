@@ -33,7 +33,7 @@ use serde::de::DeserializeOwned;
 
 use super::State;
 use super::auth::AuthError;
-use crate::protocol::{ErrorBody, Registration};
+use crate::protocol::Registration;
 use crate::registry::{Outcome, RegisterError, Removal};
 use crate::telemetry::{DeregistrationReason, RegistrationResult};
 
@@ -67,13 +67,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut resp = (
-            self.status,
-            Json(ErrorBody {
-                error: self.message,
-            }),
-        )
-            .into_response();
+        let mut resp = crate::serve::error(self.status, &self.message).into_response();
         if let Some(s) = self.retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, s.into());
         }

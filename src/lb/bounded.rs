@@ -65,7 +65,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Bounded<A> {
         let Some(slot) = self.table.admit() else {
             let _ = tokio::time::timeout(
                 Duration::from_millis(100),
-                session.write_all(crate::limits::FULL),
+                session.write_all(&crate::limits::FULL),
             )
             .await;
             return None;

@@ -18,7 +18,7 @@ use super::pools::Pool;
 use super::routes::host_of;
 use super::upgrade::{Listed, Upgrades};
 use super::{State, peer};
-use crate::protocol::Protocol;
+use crate::protocol::{ErrorBody, Protocol};
 use crate::registry::Upstream;
 use crate::telemetry::{CodeClass, EjectionReason};
 
@@ -373,8 +373,7 @@ impl ProxyHttp for Proxy {
             if *code == 503 {
                 self.state.metrics.no_backend.inc();
             }
-            let body = Bytes::from(format!("{why}\n"));
-            let _ = session.respond_error_with_body(*code, body).await;
+            respond_error(session, *code, why, false).await;
             return FailToProxy {
                 error_code: *code,
                 can_reuse_downstream: true,
@@ -490,16 +489,24 @@ fn retries(ctx: &Ctx) -> usize {
     ctx.pool.as_ref().map_or(0, |p| p.settings.retries)
 }
 
-/// Answer with a JSON `{"error": ...}` body and close the connection.
+/// Answer with a JSON `{"error": ...}` body ([`ErrorBody::json`]) and
+/// close the connection.
 async fn respond_json(session: &mut Session, code: u16, why: &str) {
-    let body = Bytes::from(format!("{{\"error\":{}}}", serde_json::Value::from(why)));
+    session.set_keepalive(None);
+    respond_error(session, code, why, true).await;
+}
+
+/// A refusal with the JSON error body; `close` adds `connection: close`.
+async fn respond_error(session: &mut Session, code: u16, why: &str, close: bool) {
+    let body = Bytes::from(ErrorBody::json(why));
     let Ok(mut resp) = pingora::http::ResponseHeader::build(code, Some(3)) else {
         return;
     };
     let _ = resp.insert_header("content-type", "application/json");
     let _ = resp.insert_header("content-length", body.len().to_string());
-    let _ = resp.insert_header("connection", "close");
-    session.set_keepalive(None);
+    if close {
+        let _ = resp.insert_header("connection", "close");
+    }
     if session
         .write_response_header(Box::new(resp), false)
         .await

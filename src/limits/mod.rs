@@ -25,8 +25,13 @@ pub use table::{Admission, ConnState, ConnTable, Shed};
 pub use tracked::Tracked;
 
 /// Answer to a newcomer when every slot is serving a request.
-pub const FULL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\n\
-content-type: application/json\r\ncontent-length: 37\r\n\r\n{\"error\":\"too many open connections\"}";
+pub static FULL: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    crate::protocol::raw_refusal(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        &[("retry-after", "1")],
+        "too many open connections",
+    )
+});
 
 /// The effective bounds of one listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

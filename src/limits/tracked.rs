@@ -13,8 +13,13 @@ use tokio::time::Sleep;
 use super::table::{Admission, BUSY, ConnState, HEAD, IDLE, MUX};
 
 /// What a client gets when its head is too slow (plaintext listeners).
-const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\n\
-content-type: application/json\r\ncontent-length: 41\r\n\r\n{\"error\":\"request head took too long\"}\r\n";
+static REQUEST_TIMEOUT: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    crate::protocol::raw_refusal(
+        http::StatusCode::REQUEST_TIMEOUT,
+        &[],
+        "request head took too long",
+    )
+});
 
 /// `Tracked::armed_ms` when the read timer holds no deadline.
 const NOT_ARMED: u64 = u64::MAX;
@@ -85,7 +90,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Tracked<S> {
         };
         reason.fetch_add(1, Ordering::Relaxed);
         if phase == HEAD && self.answer_408 {
-            let _ = Pin::new(&mut self.inner).poll_write(cx, REQUEST_TIMEOUT);
+            let _ = Pin::new(&mut self.inner).poll_write(cx, &REQUEST_TIMEOUT);
             let _ = Pin::new(&mut self.inner).poll_flush(cx);
         }
         self.closed = true;
@@ -289,9 +294,15 @@ mod tests {
         let started = std::time::Instant::now();
         assert_eq!(t.read(&mut buf).await.unwrap(), 0, "EOF at the deadline");
         assert!(started.elapsed() < Duration::from_secs(1));
-        let mut answer = vec![0u8; REQUEST_TIMEOUT.len()];
-        cr.read_exact(&mut answer).await.unwrap();
-        assert!(answer.starts_with(b"HTTP/1.1 408"));
+        drop(t);
+        let mut answer = Vec::new();
+        cr.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&answer),
+            "HTTP/1.1 408 Request Timeout\r\nconnection: close\r\n\
+             content-type: application/json\r\ncontent-length: 38\r\n\r\n\
+             {\"error\":\"request head took too long\"}"
+        );
         assert_eq!(table.shed.header_timeout.load(Ordering::Relaxed), 1);
     }
 
