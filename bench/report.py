@@ -507,6 +507,21 @@ if os.path.exists(notes):
     add(open(notes).read().rstrip())
     add("")
 
+# Sections that other targets write into this page (`make soak`'s "## Soak",
+# `make fuzz`'s "## Fuzz…") are not ours to drop: carried over as they are.
+OTHER_TARGETS = ("## Soak", "## Fuzz")
+if os.path.exists(OUT):
+    keep = False
+    kept = []
+    for line in open(OUT).read().split("\n"):
+        if line.startswith("## "):
+            keep = line.startswith(OTHER_TARGETS)
+        if keep:
+            kept.append(line)
+    if kept:
+        lines += [""] if lines and lines[-1] else []
+        lines += kept
+
 with open(OUT, "w") as out:
     out.write("\n".join(lines))
 print(OUT)

@@ -100,11 +100,15 @@ PIDS+=("$FARM_PID")
 listening "$P_FARMCTL" "$FARM_PID" || { echo "the farm did not start:" >&2; tail -5 "$OUT/farm.log" >&2; exit 1; }
 
 # ---------------------------------------------------------------- the LB
+# Short ejections (5 s, 10 s at most): with the default doubling up to 300 s
+# a backend faulted every few minutes would stay ejected, and after a few
+# minutes the faults would no longer reach the traffic at all.
 CONFIG=$OUT/roster.yaml
 printf 'routes:\n  - {name: web, host: web.soak, service: web}\n' >"$CONFIG"
 "$ROSTER" lb --config "$CONFIG" --listen "127.0.0.1:$P_PROXY" --control-listen "127.0.0.1:$P_CTL" \
   --threads 2 --allowed-networks 127.0.0.0/8 --health-interval 1s --health-timeout 500ms \
-  --lease-ttl 30s --warmup 0s --grace-period 5s >"$OUT/lb.log" 2>&1 &
+  --lease-ttl 30s --warmup 0s --grace-period 5s --ejection-time 5s --max-ejection-time 10s \
+  >"$OUT/lb.log" 2>&1 &
 LB_PID=$!
 PIDS+=("$LB_PID")
 if ! listening "$P_CTL" "$LB_PID" || ! listening "$P_PROXY" "$LB_PID"; then
