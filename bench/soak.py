@@ -592,6 +592,43 @@ async def reloads(s):
 # ---------------------------------------------------------------- sampling
 
 
+def fd_kinds(pid, a):
+    """The LB's fds by what they are: client connections (proxy and control
+    ports), upstream connections (to the app port), checks (to the vitals
+    port), and the rest (listeners, epoll, pipes, files, other sockets)."""
+    sockets = {}
+    kinds = collections.Counter()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            sockets[link[8:-1]] = "rest"
+        else:
+            kinds["rest"] += 1
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.readlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            col = row.split()
+            inode = col[9]
+            if inode not in sockets or col[3] == "0A":  # 0A: a listener
+                continue
+            lport, rport = int(col[1].rsplit(":", 1)[1], 16), int(col[2].rsplit(":", 1)[1], 16)
+            if lport in (a.proxy, a.control):
+                sockets[inode] = "clients"
+            elif rport == a.app:
+                sockets[inode] = "upstream"
+            elif rport == a.app + 1:
+                sockets[inode] = "checks"
+    kinds.update(sockets.values())
+    return {f"fd_{k}": kinds[k] for k in ("clients", "upstream", "checks", "rest")}
+
+
 async def sample(s, minute):
     pid = s.a.lb_pid
     row = {"minute": minute, "t": round(now() - s.t0, 1)}
@@ -601,6 +638,7 @@ async def sample(s, minute):
         row["rss_kb"] = int(st["VmRSS"].split()[0])
         row["threads"] = int(st["Threads"])
         row["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
+        row.update(fd_kinds(pid, s.a))
     except OSError:
         s.control_failed["the LB process is gone"] += 1
         s.stopping = True
@@ -741,10 +779,11 @@ def report(s, flat, warm, seconds, end):
           f"{failed} failed; control calls {sum(s.control.values())} "
           f"({', '.join(f'{k} {v}' for k, v in sorted(s.control.items()))}), "
           f"{sum(s.control_failed.values())} failed.", ""]
-    md += ["| minute | RSS MiB | fds | threads | series | open conns | 2xx | injected 500 | failed |",
-           "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    md += ["| minute | RSS MiB | fds | fds: clients / upstream / checks / rest | threads | series | open conns | 2xx | injected 500 | failed |",
+           "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in s.samples:
-        md.append(f"| {r['minute']} | {r.get('rss_kb', 0) / 1024:.1f} | {r.get('fds')} | {r.get('threads')} | "
+        kinds = " / ".join(str(r.get(f"fd_{k}")) for k in ("clients", "upstream", "checks", "rest"))
+        md.append(f"| {r['minute']} | {r.get('rss_kb', 0) / 1024:.1f} | {r.get('fds')} | {kinds} | {r.get('threads')} | "
                   f"{r.get('series')} | {r.get('open_conns')} | {r['ok']} | {r['injected']} | {r['failed']} |")
     md += ["", "| quantity | start | warm-up end | limit | last third max | fitted climb | end | flat |",
            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
