@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh kit
-# The end-to-end scripts (`make e2e`, not part of `make test`): sound shell.
+# The end-to-end and soak scripts (`make e2e`, `make soak`; not part of `make test`): sound shell.
 shellcheck e2e/e2e.sh e2e/cluster.sh e2e/build-tools.sh scripts/check-kit.sh scripts/setup.sh bench/soak.sh
 CARGO=${CARGO:-cargo}
 $CARGO build --quiet --bin roster
