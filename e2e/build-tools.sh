@@ -8,7 +8,8 @@
 # Output: $E2E_CACHE/k8s-<ver>/bin, $E2E_CACHE/helm-<ver>/helm, ...
 # Every build takes /tmp/roster-build.lock (one heavy build at a time).
 #
-#   e2e/build-tools.sh          build what is missing; print the bin dir
+#   e2e/build-tools.sh          build what is missing; print where it is
+#   e2e/build-tools.sh --paths  only print where it is (built or not)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,18 @@ COREDNS_BIN=$E2E_CACHE/coredns-$COREDNS_VERSION
 SMALL_BIN=$E2E_CACHE/pause-$(cat e2e/images/pause/*.go e2e/images/go.mod | sha256sum | cut -c1-12)
 
 say() { echo "build-tools: $*" >&2; }
+
+paths() {
+  echo "K8S_VERSION=$K8S_VERSION"
+  echo "K8S_BIN=$K8S_BIN"
+  echo "HELM=$HELM_BIN/helm"
+  echo "COREDNS=$COREDNS_BIN/coredns"
+  echo "PAUSE=$SMALL_BIN/pause"
+}
+if [ "${1:-}" = --paths ]; then
+  paths
+  exit 0
+fi
 
 if [ ! -x "$K8S_BIN/kubelet" ]; then
   say "Kubernetes $K8S_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl) -> $K8S_BIN"
@@ -61,8 +74,4 @@ if [ ! -x "$SMALL_BIN/pause" ]; then
   rm -rf "$SMALL_BIN" && mv "$SMALL_BIN.tmp" "$SMALL_BIN"
 fi
 
-echo "K8S_VERSION=$K8S_VERSION"
-echo "K8S_BIN=$K8S_BIN"
-echo "HELM=$HELM_BIN/helm"
-echo "COREDNS=$COREDNS_BIN/coredns"
-echo "PAUSE=$SMALL_BIN/pause"
+paths

@@ -51,7 +51,9 @@ PIDS=$STATE/pids
 SOCK=$STATE/run/containerd.sock
 ADMIN_KUBECONFIG=$STATE/admin.kubeconfig
 
-say() { printf '[cluster %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+# fd 3: the caller's stderr, also from checks whose output is discarded.
+exec 3>&2
+say() { printf '[cluster %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&3; }
 die() { say "FAILED: $*"; exit 1; }
 in_ns() { nsenter --net="/run/netns/$NETNS" "$@"; }
 
@@ -89,8 +91,8 @@ stop_component() {
 kill_pod_processes() {
   local procs pid round
   for round in 1 2 3 4 5; do
-    procs=$(cat /sys/fs/cgroup/pids/"$CGROUP_ROOT"/cgroup.procs /sys/fs/cgroup/pids/"$CGROUP_ROOT"/*/cgroup.procs \
-      /sys/fs/cgroup/pids/"$CGROUP_ROOT"/*/*/cgroup.procs /sys/fs/cgroup/pids/"$CGROUP_ROOT"/*/*/*/cgroup.procs 2>/dev/null | sort -u || true)
+    [ -d /sys/fs/cgroup/pids/"$CGROUP_ROOT" ] || return 0
+    procs=$(find /sys/fs/cgroup/pids/"$CGROUP_ROOT" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u || true)
     [ -n "$procs" ] || return 0
     for pid in $procs; do kill -KILL "$pid" 2>/dev/null || true; done
     sleep 0.5
@@ -174,13 +176,13 @@ no_package_services() {
   done
 }
 
-load_tools() {
+load_tools() { # [--paths]
   local line
   while IFS= read -r line; do
     case $line in
       K8S_VERSION=*|K8S_BIN=*|HELM=*|COREDNS=*|PAUSE=*) export "${line?}" ;;
     esac
-  done < <(e2e/build-tools.sh)
+  done < <(e2e/build-tools.sh "$@")
 }
 
 build_images() {
@@ -292,7 +294,7 @@ make_cgroups() {
 start() { # name, command...: in the namespace, in its own session, pid recorded
   local name=$1
   shift
-  setsid nsenter --net="/run/netns/$NETNS" "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
+  setsid nsenter --net="/run/netns/$NETNS" "$@" >"$LOGS/$name.log" 2>&1 </dev/null 3>&- &
   echo $! >"$PIDS/$name.pid"
 }
 
@@ -306,7 +308,14 @@ wait_until() { # seconds, what, command...
   done
 }
 
-alive() { ours "$(cat "$PIDS/$1.pid")" "$STATE" || die "$1 exited: $(tail -n 20 "$LOGS/$1.log")"; }
+# Running (not a zombie); right after `start` it may not have exec'd yet.
+alive() {
+  local pid
+  pid=$(cat "$PIDS/$1.pid")
+  if [ ! -d "/proc/$pid" ] || grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; then
+    die "$1 exited: $(tail -n 20 "$LOGS/$1.log")"
+  fi
+}
 kc() { in_ns "$K8S_BIN/kubectl" --kubeconfig "$ADMIN_KUBECONFIG" "$@"; }
 api_ready() { alive kube-apiserver && kc get --raw /readyz; }
 node_ready() {
@@ -330,7 +339,7 @@ start_control_plane() {
     --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
     --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
     --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
-    --kubelet-certificate-authority="$PKI/ca.crt" \
+    --kubelet-certificate-authority="$PKI/ca.crt" --kubelet-preferred-address-types=InternalIP \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
     --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
@@ -374,6 +383,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   sandbox_image = "$PAUSE_IMAGE"
   netns_mounts_under_state_dir = true
   enable_selinux = false
+  # This sandbox's root has no CAP_SYS_RESOURCE: it cannot lower an
+  # oom_score_adj (the pause container's -998), so keep each at least ours.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -381,6 +393,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        Root = "$STATE/runc"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$STATE/cni/net.d"
@@ -405,7 +418,7 @@ EOF
   wait_until 30 containerd ctr_ok
   local t
   for t in roster curl pause coredns; do
-    ctr --address "$SOCK" -n k8s.io images import "$E2E_CACHE/images/$t.tar" >/dev/null \
+    ctr --address "$SOCK" -n k8s.io images import "$E2E_CACHE/${E2E_IMAGES_DIR:-images}/$t.tar" >/dev/null \
       || die "ctr images import $t.tar"
   done
 
@@ -484,7 +497,7 @@ up() {
 }
 
 env_vars() {
-  load_tools
+  load_tools --paths
   echo "KUBECONFIG=$ADMIN_KUBECONFIG"
   echo "E2E_NETNS=$NETNS"
   echo "E2E_STATE=$STATE"
@@ -506,6 +519,7 @@ status() {
   findmnt -rn -o TARGET | grep -cF "$STATE" | sed 's/^/mounts under state dir: /'
 }
 
+[ "${BASH_SOURCE[0]}" = "$0" ] || return 0
 case ${1:-} in
   up) up ;;
   down) down; say "down: nothing left (state $STATE, netns $NETNS)" ;;
@@ -513,7 +527,7 @@ case ${1:-} in
   status) status ;;
   exec)
     shift
-    load_tools >/dev/null
+    load_tools --paths
     KUBECONFIG=$ADMIN_KUBECONFIG PATH="$K8S_BIN:$(dirname "$HELM"):$PATH" in_ns "$@"
     ;;
   *) echo "usage: e2e/cluster.sh up|down|env|status|exec CMD..." >&2; exit 2 ;;

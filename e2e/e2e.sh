@@ -32,6 +32,7 @@
 #   E2E_KEEP=1              keep the (last) cluster
 #   LOAD_SECONDS=150        the backends' load run
 #   IMAGE=roster:e2e        the roster image tag
+#   E2E_NO_CARGO=1          local: use target/release as it is (no cargo build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -585,7 +586,7 @@ for x in json.load(sys.stdin)["data"]["activeTargets"]:
   h uninstall roster -n "$NS" --wait --timeout 3m
   local left kinds
   kinds=$(k api-resources --verbs=list -o name | grep -v -E '^(events|events.events.k8s.io)$' | paste -sd, -)
-  left=$(k get "$kinds" -A -l app.kubernetes.io/instance=roster -o name 2>/dev/null || true)
+  left=$(k get "$kinds" -A -l app.kubernetes.io/instance=roster -o name 2>/dev/null) || die "kubectl get every kind failed"
   left+=$(k get mutatingwebhookconfiguration -o name | grep roster || true)
   left+=$(k -n "$NS" get all,cm,secret,sa,role,rolebinding,networkpolicy,pdb -o name | grep -v -E '^(configmap/kube-root-ca.crt|serviceaccount/default)$' || true)
   [ -z "$left" ] || die "left behind: $(echo "$left" | tr '\n' ' ')"
@@ -607,8 +608,10 @@ wait_for_quiet() {
 
 run_local() {
   [ "$(id -u)" = 0 ] || { echo "e2e: the local provider needs root (network namespace, containerd, kubelet)" >&2; exit 2; }
-  log "release binaries (cargo build --release)"
-  flock "$LOCK" "${CARGO:-cargo}" build --release --locked --bin roster --bin roster-agent
+  if [ "${E2E_NO_CARGO:-0}" != 1 ]; then
+    log "release binaries (cargo build --release)"
+    flock "$LOCK" "${CARGO:-cargo}" build --release --locked --bin roster --bin roster-agent
+  fi
   CLUSTER=local
   local t0=$SECONDS
   e2e/cluster.sh up
