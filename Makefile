@@ -25,6 +25,7 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) machete
 	python3 scripts/check-size.py
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
 
 test-rust:
 	$(CARGO) test --all-targets

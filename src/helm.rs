@@ -1,6 +1,6 @@
 //! The Helm chart's values, typed, so `charts/roster/values.schema.json`
 //! is generated (`roster schema --helm`, `make schema`) from the same Rust
-//! types as the config file: `config:` is [`Config`] itself. Kubernetes
+//! types as the config file: `config:` is [`Config`](crate::config::Config) itself. Kubernetes
 //! objects passed through to the templates (resources, tolerations...) stay
 //! open JSON objects; everything of roster's own is closed
 //! (`additionalProperties: false`), so a typo fails `helm install`/`lint`.

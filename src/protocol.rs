@@ -199,6 +199,26 @@ pub struct RegistryView {
     pub backends: Vec<EntryView>,
 }
 
+/// The naming rule of ids and service names: 1–253 characters of
+/// `[A-Za-z0-9._-]`. The error says what is wrong, without the field.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 253 {
+        return Err(format!(
+            "must be 1-253 characters, got {}",
+            name.chars().count()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "character {c:?} not allowed (use A-Z a-z 0-9 . _ -)"
+        ));
+    }
+    Ok(())
+}
+
 /// Every 4xx body: `{"error": "..."}`, naming the bad field.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorBody {

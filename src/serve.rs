@@ -3,8 +3,8 @@
 //!
 //! `axum::serve` has no timer: a head that never ends, a body that never
 //! comes or an idle connection is held forever, and nothing caps how many.
-//! Here every connection takes a slot in its listener's [`ConnTable`] and
-//! runs under [`Tracked`] (head deadline, idle timeout, write timeout,
+//! Here every connection takes a slot in its listener's [`ConnTable`](crate::limits::ConnTable) and
+//! runs under [`Tracked`](crate::limits::Tracked) (head deadline, idle timeout, write timeout,
 //! eviction); request bodies get a between-frames timeout; a
 //! `Content-Length` above the listener's body cap is answered 413 before
 //! any of the body is read.

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use roster::config::Algorithm;
+use roster::config::LoadScore;
 use roster::lb::forwarded::forwarded_for;
-use roster::lb::select::{LoadScore, Selector};
+use roster::lb::select::Selector;
 use roster::registry::{Routable, Upstream};
 use roster::telemetry::{CodeClass, LbMetrics};
 

@@ -36,7 +36,7 @@ fn keep_off_files(config: &mut Config) {
     config.registration.token_file = None;
     config.lb.tls.certs.clear();
     for service in config.services.values_mut() {
-        if let Some(roster::lb::upstream_tls::TlsSetting::Settings(s)) = &mut service.tls {
+        if let Some(roster::config::TlsSetting::Settings(s)) = &mut service.tls {
             s.ca_file = None;
         }
     }

@@ -11,9 +11,11 @@
 use std::net::SocketAddr;
 
 use pingora::prelude::HttpPeer;
+use roster::config::CertPair;
+use roster::config::UpstreamTls;
 use roster::inject::certs::{Bundle, CertFiles, bundle_problem};
-use roster::lb::tls::{CertPair, CertStore, TlsError};
-use roster::lb::upstream_tls::{PeerTls, UpstreamTls};
+use roster::lb::tls::{CertStore, TlsError};
+use roster::lb::upstream_tls::PeerTls;
 
 use crate::util;
 

@@ -80,7 +80,11 @@ pub fn registry(default_service: &str) -> Registry {
         unhealthy: config.health_check.unhealthy_threshold,
         healthy: config.health_check.healthy_threshold,
     };
-    Registry::new(policy, thresholds, config.rule_book())
+    Registry::new(
+        policy,
+        thresholds,
+        roster::registry::RuleBook::from_config(&config),
+    )
 }
 
 /// A valid registration of `id` at `address` in the default service.

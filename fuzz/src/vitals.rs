@@ -4,8 +4,8 @@
 
 use std::time::Instant;
 
+use roster::config::LoadScore;
 use roster::health::judge;
-use roster::lb::select::LoadScore;
 use roster::protocol::Vitals;
 use roster::registry::CheckResult;
 

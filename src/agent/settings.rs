@@ -32,7 +32,7 @@ pub struct Settings {
     pub lb_health_interval: Duration,
     pub resources: ResourceMode,
     /// Bounds on the vitals port's connections.
-    pub vitals_limits: crate::limits::Limits,
+    pub vitals_limits: crate::config::limits::Limits,
     /// Reported as `version` in the vitals.
     pub version: String,
 }
@@ -77,7 +77,7 @@ impl Settings {
         let app_health = parse_app_health(a.app_health.as_deref(), address)?;
         let app_vitals = parse_app_vitals(a.app_vitals.as_deref())?;
         let vitals_limits = a.vitals_limits.get();
-        crate::limits::validate("agent.vitals_limits", &vitals_limits)?;
+        crate::config::limits::validate("agent.vitals_limits", &vitals_limits)?;
         Ok(Self {
             vitals_limits,
             id,

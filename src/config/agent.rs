@@ -137,7 +137,7 @@ pub struct AgentConfig {
     /// agent exits; it exits sooner once every LB confirmed the removal and
     /// not-ready has been served for one `health_check.interval`.
     #[serde(with = "humantime_serde")]
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "duration_schema")]
     #[arg(id = "agent.drain_period", required = false, value_name = "DRAIN_PERIOD", long = "drain-period", env = "ROSTER_DRAIN_PERIOD", value_parser = parse_duration)]
     pub drain_period: Duration,
     /// Where `cpu_usage` and `memory_usage` come from.

@@ -4,7 +4,7 @@
 //! The seed's keys (`discovery:`, `health_check:`) are accepted verbatim;
 //! SPEC.md adds `lb:`, `registration:` and `agent:`. Unknown keys are an
 //! error that names the key. `roster schema` prints the JSON Schema of
-//! [`Config`].
+//! [`Config`](crate::config::Config).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use crate::limits::{ControlLimits, ProxyLimits, VitalsLimits};
+pub use limits::{ControlLimits, ProxyLimits, VitalsLimits};
 
 /// A configuration problem, always naming the file, key or flag at fault.
 #[derive(Debug, thiserror::Error)]
@@ -228,7 +228,7 @@ pub struct LbConfig {
         long = "load-score",
         env = "ROSTER_LOAD_SCORE"
     )]
-    pub load_score: crate::lb::select::LoadScore,
+    pub load_score: LoadScore,
     /// Request header whose value keys `consistent_hash`.
     #[arg(
         id = "lb.hash_header",
@@ -297,17 +297,20 @@ pub struct LbConfig {
     pub eject_after: u32,
     /// First ejection length; doubles on each repeat, up to `max_ejection_time`.
     #[serde(with = "humantime_serde")]
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "duration_schema")]
     #[arg(id = "lb.ejection_time", required = false, value_name = "EJECTION_TIME", long = "ejection-time", env = "ROSTER_EJECTION_TIME", value_parser = parse_duration)]
     pub ejection_time: Duration,
+    /// Longest ejection: repeats double `ejection_time` up to this. A
+    /// backend not ejected for twice this long starts again from
+    /// `ejection_time`; at least `ejection_time`.
     #[serde(with = "humantime_serde")]
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "duration_schema")]
     #[arg(id = "lb.max_ejection_time", required = false, value_name = "MAX_EJECTION_TIME", long = "max-ejection-time", env = "ROSTER_MAX_EJECTION_TIME", value_parser = parse_duration)]
     pub max_ejection_time: Duration,
     /// After SIGTERM, keep accepting this long with `/readyz` at 503 so
     /// Kubernetes can take the LB out of its Services first.
     #[serde(with = "humantime_serde")]
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "duration_schema")]
     #[arg(id = "lb.shutdown_delay", required = false, value_name = "SHUTDOWN_DELAY", long = "shutdown-delay", env = "ROSTER_SHUTDOWN_DELAY", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
     /// After start, `/readyz` says 503 until this long has passed or the
@@ -340,7 +343,7 @@ pub struct LbConfig {
     pub h2c: bool,
     /// TLS termination (a second listener, when certificates are given).
     #[command(flatten)]
-    pub tls: crate::lb::tls::TlsConfig,
+    pub tls: TlsConfig,
     /// What backends speak unless their registration says otherwise.
     #[arg(
         id = "lb.upstream_protocol",
@@ -395,7 +398,7 @@ impl Default for LbConfig {
             proxy_limits: ProxyLimits::default(),
             control_limits: ControlLimits::default(),
             h2c: true,
-            tls: crate::lb::tls::TlsConfig::default(),
+            tls: TlsConfig::default(),
             upstream_protocol: crate::protocol::Protocol::Http1,
             websocket_idle_timeout: Duration::from_secs(3600),
             grpc_idempotent_methods: Vec::new(),
@@ -548,13 +551,20 @@ impl Config {
 mod agent;
 mod args;
 mod duration;
+pub mod limits;
+mod load_score;
 pub mod reload;
 mod services;
 #[cfg(test)]
 mod tests;
+mod tls;
+mod upstream_tls;
 mod validate;
 
 pub use agent::{AgentConfig, DiscoveryConfig, ResourceMode};
 pub use args::{AgentSections, ConfigArgs, LbArgs, LbSections, Overlay, Sections};
 pub use duration::{DURATION_UNITS, duration_pattern, duration_schema, parse_duration};
+pub use load_score::LoadScore;
 pub use services::{RouteConfig, ServiceCheckConfig, ServiceConfig, ServiceSettings};
+pub use tls::{CertPair, TlsConfig};
+pub use upstream_tls::{TlsSetting, UpstreamTls};

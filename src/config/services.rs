@@ -1,14 +1,13 @@
 //! `routes:` and `services:`: which service a request goes to, and each
 //! service's overrides of the LB's defaults.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{Algorithm, Config, ConfigError, duration_schema};
-use crate::registry::{CheckSpec, Field, RuleBook, ServiceRules, validate_name};
+use crate::protocol::check_name;
 
 /// One route: requests whose Host and path match go to `service`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -48,7 +47,7 @@ impl RouteConfig {
             route: self.label(index),
             message,
         };
-        validate_name(Field::Service, &self.service).map_err(|e| fail(e.to_string()))?;
+        check_name(&self.service).map_err(|e| fail(format!("service: {e}")))?;
         if let Some(h) = &self.host {
             check_host(h).map_err(|m| fail(format!("host {h:?}: {m}")))?;
         }
@@ -109,7 +108,7 @@ pub struct ServiceConfig {
     /// then picks ALPN: `http1` offers `http/1.1`, `h2c` offers `h2`
     /// only, `auto` offers both. Vitals checks stay plain HTTP.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls: Option<crate::lb::upstream_tls::TlsSetting>,
+    pub tls: Option<super::TlsSetting>,
     /// Vitals check overrides.
     pub health_check: ServiceCheckConfig,
 }
@@ -159,34 +158,6 @@ impl Config {
                 .unwrap_or(self.lb.upstream_protocol),
         }
     }
-
-    /// The registry's per-service rules (panic threshold, checks).
-    pub fn rule_book(&self) -> RuleBook {
-        let hc = &self.health_check;
-        let rules = |o: Option<&ServiceConfig>| {
-            let c = o.map(|o| &o.health_check);
-            Arc::new(ServiceRules {
-                panic_percent: o
-                    .and_then(|o| o.panic_threshold)
-                    .unwrap_or(hc.panic_threshold),
-                check: Arc::new(CheckSpec {
-                    path: c
-                        .and_then(|c| c.path.clone())
-                        .unwrap_or_else(|| hc.path.clone()),
-                    interval: c.and_then(|c| c.interval).unwrap_or(hc.interval),
-                    timeout: c.and_then(|c| c.timeout).unwrap_or(hc.timeout),
-                }),
-            })
-        };
-        RuleBook {
-            default: rules(None),
-            by_name: self
-                .services
-                .iter()
-                .map(|(name, o)| (name.clone(), rules(Some(o))))
-                .collect(),
-        }
-    }
 }
 
 /// Check `routes:` and `services:`; errors name the route or service.
@@ -199,7 +170,7 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             service: name.clone(),
             message,
         };
-        validate_name(Field::Service, name).map_err(|e| fail(e.to_string()))?;
+        check_name(name).map_err(|e| fail(format!("service: {e}")))?;
         if let Some(tls) = s.tls.as_ref().and_then(|t| t.get()) {
             tls.validate().map_err(fail)?;
         }
@@ -272,11 +243,6 @@ mod tests {
             c.service_settings("other").algorithm,
             Algorithm::LeastLoaded
         );
-        let book = c.rule_book();
-        let w = book.of("web");
-        assert_eq!((w.panic_percent, w.check.path.as_str()), (0.0, "/v"));
-        assert_eq!(w.check.interval, Duration::from_secs(1));
-        assert_eq!(book.of("x").check.path, "/metrics");
         let bad: Config =
             serde_yaml::from_str("services:\n  web: {panic_threshold: 101}\n").unwrap();
         let e = bad.validate_lb().unwrap_err().to_string();

@@ -11,8 +11,8 @@ impl Config {
         self.check_protocols()?;
         self.check_registration()?;
         services::validate(self)?;
-        crate::limits::validate("lb.proxy_limits", &self.lb.proxy_limits.get())?;
-        crate::limits::validate("lb.control_limits", &self.lb.control_limits.get())?;
+        super::limits::validate("lb.proxy_limits", &self.lb.proxy_limits.get())?;
+        super::limits::validate("lb.control_limits", &self.lb.control_limits.get())?;
         Ok(())
     }
 
@@ -60,8 +60,8 @@ impl Config {
             return Err(invalid("lb.threads", "must be ≥ 1 or null"));
         }
         if !lb.default_service.is_empty() {
-            crate::registry::validate_name(crate::registry::Field::Service, &lb.default_service)
-                .map_err(|e| invalid("lb.default_service", e.to_string()))?;
+            crate::protocol::check_name(&lb.default_service)
+                .map_err(|e| invalid("lb.default_service", format!("service: {e}")))?;
         }
         Ok(())
     }

@@ -8,7 +8,7 @@
 //! until its first good check.
 //!
 //! Every entry keeps its own phase in one timer queue, so checks of 10,000
-//! backends spread over the interval instead of bursting; [`lanes`] bound
+//! backends spread over the interval instead of bursting; `lanes` bound
 //! how many are in flight and keep checks of failing backends from holding
 //! back the others; small registries reuse connections.
 

@@ -1,11 +1,11 @@
 //! `roster inject`: the mutating admission webhook that adds the
 //! `roster-agent` sidecar to pods annotated `roster.dev/inject: "true"`.
 //!
-//! - [`patch`]: the pure decision, Pod + [`InjectConfig`] → JSON patch.
-//! - [`resolve`]: the pod's service and app protocol, for the agent's env.
-//! - [`server`]: HTTPS, `POST /mutate`, `GET /healthz`; parse, answer, wrap.
-//! - [`certs`]: CA and serving certificates (rcgen), the swappable rustls key.
-//! - [`bootstrap`]: TLS without cert-manager: a Secret and the caBundle.
+//! - [`patch`](crate::inject::patch): the pure decision, Pod + [`InjectConfig`](crate::inject::InjectConfig) → JSON patch.
+//! - [`resolve`](crate::inject::resolve): the pod's service and app protocol, for the agent's env.
+//! - [`server`](crate::inject::server): HTTPS, `POST /mutate`, `GET /healthz`; parse, answer, wrap.
+//! - [`certs`](crate::inject::certs): CA and serving certificates (rcgen), the swappable rustls key.
+//! - [`bootstrap`](crate::inject::bootstrap): TLS without cert-manager: a Secret and the caBundle.
 //!
 //! TLS comes either from `--tls-cert`/`--tls-key` (reloaded when the files
 //! change; cert-manager's Secret, for instance) or, without them, from the
@@ -13,6 +13,8 @@
 
 pub mod bootstrap;
 pub mod certs;
+mod error;
+pub mod names;
 pub mod patch;
 pub mod resolve;
 pub mod server;
@@ -137,7 +139,7 @@ pub struct InjectArgs {
     pub token_expiration: Duration,
     /// Bounds on the webhook's connections (`--header-timeout`, ...).
     #[command(flatten)]
-    pub limits: crate::limits::WebhookLimitArgs,
+    pub limits: crate::config::limits::WebhookLimitArgs,
 }
 
 impl InjectArgs {
@@ -286,10 +288,10 @@ pub fn generate_cert(args: &InjectArgs, dir: &std::path::Path) -> Result<Vec<Str
 pub async fn run(args: InjectArgs) -> Result<(), Error> {
     let cfg = Arc::new(args.inject_config()?);
     // Bad limits fail before anything binds or talks to the API server.
-    let mut given = crate::limits::WebhookLimits::default();
+    let mut given = crate::config::limits::WebhookLimits::default();
     args.limits.apply(&mut given);
     let mut limits = given.get();
-    crate::limits::validate("webhook limits", &limits)?;
+    crate::config::limits::validate("webhook limits", &limits)?;
     let fd_limit = crate::limits::raise_fd_limit();
     limits.max_connections =
         crate::limits::budget("webhook", limits.max_connections, fd_limit, 0.5);
@@ -299,7 +301,36 @@ pub async fn run(args: InjectArgs) -> Result<(), Error> {
             addr: args.listen,
             source,
         })?;
-    let served = match (&args.tls_cert, &args.tls_key) {
+    let served = serving_cert(&args).await?;
+    let acceptor = TlsAcceptor::from(Arc::new(certs::server_config(served)?));
+    tracing::info!(
+        listen = %args.listen,
+        image = %cfg.image,
+        native_sidecar = cfg.native_sidecar,
+        lb = %cfg.load_balancers,
+        "roster inject serving"
+    );
+    crate::serve::serve(
+        crate::serve::Listener {
+            listener,
+            table: crate::limits::ConnTable::new("webhook", limits),
+            max_body: server::MAX_REVIEW_BYTES,
+            tls: Some(acceptor),
+            info: crate::serve::remote,
+        },
+        server::router(cfg),
+        shutdown_signal(),
+        SHUTDOWN_GRACE,
+    )
+    .await;
+    tracing::info!("roster inject stopped");
+    Ok(())
+}
+
+/// The webhook's certificate: from `--tls-cert`/`--tls-key` (watched for
+/// changes), else self-managed in a Secret (reconciled in the background).
+async fn serving_cert(args: &InjectArgs) -> Result<Arc<certs::SwappableCert>, Error> {
+    Ok(match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             let (files, key) = certs::CertFiles::load(cert.clone(), key.clone())?;
             let served = certs::SwappableCert::new(key);
@@ -335,30 +366,7 @@ pub async fn run(args: InjectArgs) -> Result<(), Error> {
             ));
             served
         }
-    };
-    let acceptor = TlsAcceptor::from(Arc::new(certs::server_config(served)?));
-    tracing::info!(
-        listen = %args.listen,
-        image = %cfg.image,
-        native_sidecar = cfg.native_sidecar,
-        lb = %cfg.load_balancers,
-        "roster inject serving"
-    );
-    crate::serve::serve(
-        crate::serve::Listener {
-            listener,
-            table: crate::limits::ConnTable::new("webhook", limits),
-            max_body: server::MAX_REVIEW_BYTES,
-            tls: Some(acceptor),
-            info: crate::serve::remote,
-        },
-        server::router(cfg),
-        shutdown_signal(),
-        SHUTDOWN_GRACE,
-    )
-    .await;
-    tracing::info!("roster inject stopped");
-    Ok(())
+    })
 }
 
 async fn shutdown_signal() {

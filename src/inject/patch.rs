@@ -29,34 +29,10 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
-/// The annotation that asks for injection (value `"true"`), or, in a
-/// namespace labelled for injection, opts the pod out (value `"false"`).
-pub const INJECT_ANNOTATION: &str = "roster.dev/inject";
-/// The namespace label that opts every pod of the namespace in (`enabled`).
-pub const NAMESPACE_LABEL: &str = "roster.dev/inject";
-/// That label's value for opted-in namespaces (`disabled` opts a namespace out).
-pub const NAMESPACE_ENABLED: &str = "enabled";
-/// Port (number or containerPort name) the app serves traffic on.
-pub const APP_PORT_ANNOTATION: &str = "roster.dev/app-port";
-/// LB control addresses (`host:port`, comma-separated) overriding the chart's.
-pub const LB_ANNOTATION: &str = "roster.dev/lb";
-/// HTTP path the agent probes on the app port to decide `ready`.
-pub const HEALTH_PATH_ANNOTATION: &str = "roster.dev/health-path";
-/// Label put on injected pods (the chart's PodMonitor selects it).
-pub const INJECTED_LABEL: &str = "roster.dev/injected";
-/// Name of the injected container.
-pub const AGENT_CONTAINER: &str = "roster-agent";
-/// Name of the agent's port.
-pub const VITALS_PORT_NAME: &str = "vitals";
-/// Where the image keeps the binary (see the Dockerfile).
-pub const AGENT_BINARY: &str = "/usr/local/bin/roster-agent";
-/// Volume holding the agent's bearer token, when registration needs one.
-pub const TOKEN_VOLUME: &str = "roster-agent-token";
-/// Where that volume is mounted in the agent.
-pub const TOKEN_DIR: &str = "/var/run/secrets/roster";
+pub use super::error::InjectError;
+use super::names::*;
+use super::resolve::app_port;
 
-/// UID/GID of the distroless `nonroot` user the image runs as.
-pub const NONROOT_ID: i64 = 65532;
 /// Time the app gets after the drain, beyond the preStop sleep.
 const APP_STOP_SECONDS: i64 = 15;
 
@@ -154,30 +130,6 @@ pub fn default_resources() -> ResourceRequirements {
         limits: Some(q(&[("cpu", "200m"), ("memory", "64Mi")])),
         ..Default::default()
     }
-}
-
-/// Why a pod that asked for injection cannot get it. The webhook denies the
-/// pod with this message: a pod that silently runs without its agent would
-/// never receive traffic, which is harder to find than a clear denial.
-#[derive(Debug, thiserror::Error)]
-pub enum InjectError {
-    #[error("annotation {annotation}: {message}")]
-    Annotation {
-        annotation: &'static str,
-        message: String,
-    },
-    #[error(
-        "no app port: no container declares a TCP containerPort; set the annotation {APP_PORT_ANNOTATION}"
-    )]
-    NoAppPort,
-    #[error(
-        "container {container:?} uses port {port}, which the {AGENT_CONTAINER} sidecar needs for its vitals"
-    )]
-    PortConflict { container: String, port: u16 },
-    #[error("the pod already has a volume named {TOKEN_VOLUME}")]
-    VolumeConflict,
-    #[error("cannot serialize the patch: {0}")]
-    Serialize(#[from] serde_json::Error),
 }
 
 /// The outcome for one pod.
@@ -411,39 +363,6 @@ fn add(path: &[&str], value: Value) -> PatchOperation {
 fn ceil_secs(d: Duration) -> i64 {
     let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
     i64::try_from(s).unwrap_or(i64::MAX)
-}
-
-/// `roster.dev/app-port` (a number or a containerPort name), else the first
-/// TCP containerPort of the first container that declares one.
-fn app_port(pod: &Pod, annotation: Option<&String>) -> Result<u16, InjectError> {
-    let containers = pod.spec.as_ref().map(|s| &s.containers[..]).unwrap_or(&[]);
-    let ports = || containers.iter().flat_map(|c| c.ports.iter().flatten());
-    if let Some(value) = annotation {
-        let value = value.trim();
-        if let Ok(n) = value.parse::<u16>() {
-            if n == 0 {
-                return Err(InjectError::Annotation {
-                    annotation: APP_PORT_ANNOTATION,
-                    message: "port 0 is not a port".into(),
-                });
-            }
-            return Ok(n);
-        }
-        return ports()
-            .find(|p| p.name.as_deref() == Some(value))
-            .and_then(|p| u16::try_from(p.container_port).ok())
-            .ok_or_else(|| InjectError::Annotation {
-                annotation: APP_PORT_ANNOTATION,
-                message: format!(
-                    "{value:?} is neither a port number (1-65535) nor the name of a containerPort"
-                ),
-            });
-    }
-    ports()
-        .find(|p| p.protocol.as_deref().is_none_or(|proto| proto == "TCP"))
-        .and_then(|p| u16::try_from(p.container_port).ok())
-        .filter(|p| *p != 0)
-        .ok_or(InjectError::NoAppPort)
 }
 
 /// Two processes in one pod cannot both bind the vitals port.

@@ -17,14 +17,8 @@
 
 use k8s_openapi::api::core::v1::Pod;
 
-use super::patch::InjectError;
-
-/// The service the pod's backend registers under.
-pub const SERVICE_ANNOTATION: &str = "roster.dev/service";
-/// The protocol the app speaks on its port (`http1` or `h2c`).
-pub const APP_PROTOCOL_ANNOTATION: &str = "roster.dev/app-protocol";
-/// The recommended label naming the application.
-pub const NAME_LABEL: &str = "app.kubernetes.io/name";
+use super::error::InjectError;
+use super::names::{APP_PORT_ANNOTATION, APP_PROTOCOL_ANNOTATION, NAME_LABEL, SERVICE_ANNOTATION};
 
 /// A service name as the LB accepts it (the id rules).
 pub fn valid_service(name: &str) -> bool {
@@ -157,6 +151,39 @@ fn port_name_protocol(name: &str) -> Option<&'static str> {
         "http" => Some("http1"),
         _ => None,
     }
+}
+
+/// `roster.dev/app-port` (a number or a containerPort name), else the first
+/// TCP containerPort of the first container that declares one.
+pub(super) fn app_port(pod: &Pod, annotation: Option<&String>) -> Result<u16, InjectError> {
+    let containers = pod.spec.as_ref().map(|s| &s.containers[..]).unwrap_or(&[]);
+    let ports = || containers.iter().flat_map(|c| c.ports.iter().flatten());
+    if let Some(value) = annotation {
+        let value = value.trim();
+        if let Ok(n) = value.parse::<u16>() {
+            if n == 0 {
+                return Err(InjectError::Annotation {
+                    annotation: APP_PORT_ANNOTATION,
+                    message: "port 0 is not a port".into(),
+                });
+            }
+            return Ok(n);
+        }
+        return ports()
+            .find(|p| p.name.as_deref() == Some(value))
+            .and_then(|p| u16::try_from(p.container_port).ok())
+            .ok_or_else(|| InjectError::Annotation {
+                annotation: APP_PORT_ANNOTATION,
+                message: format!(
+                    "{value:?} is neither a port number (1-65535) nor the name of a containerPort"
+                ),
+            });
+    }
+    ports()
+        .find(|p| p.protocol.as_deref().is_none_or(|proto| proto == "TCP"))
+        .and_then(|p| u16::try_from(p.container_port).ok())
+        .filter(|p| *p != 0)
+        .ok_or(InjectError::NoAppPort)
 }
 
 #[cfg(test)]

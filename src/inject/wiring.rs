@@ -9,10 +9,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::{Value, json};
 
-use super::patch::{
-    AGENT_CONTAINER, INJECT_ANNOTATION, InjectConfig, Injection, NAMESPACE_ENABLED,
-    NAMESPACE_LABEL, OptIn, TOKEN_VOLUME, TokenSource, inject_with,
+use super::names::{
+    AGENT_CONTAINER, INJECT_ANNOTATION, NAMESPACE_ENABLED, NAMESPACE_LABEL, TOKEN_VOLUME,
 };
+use super::patch::{InjectConfig, Injection, OptIn, TokenSource, inject_with};
 use super::server::{ANNOTATION_PATH, NAMESPACE_PATH};
 
 fn deployment_pod(annotations: Value) -> Pod {

@@ -3,8 +3,8 @@
 //!
 //! Pingora owns the runtimes: the proxy is a pingora service, and the
 //! control API, the publisher, the sweeper and the routes watcher run as
-//! one pingora `BackgroundService` ([`control`]). Every service has its own
-//! pool ([`pools`]); [`routes`] picks the service of a request.
+//! one pingora `BackgroundService` (`control`). Every service has its own
+//! pool ([`pools`](crate::lb::pools)); [`routes`](crate::lb::routes) picks the service of a request.
 
 pub mod api;
 pub mod auth;
@@ -38,7 +38,7 @@ use crate::config::Config;
 use crate::health::{Checker, HealthLoop};
 use crate::limits::{self, ConnTable};
 use crate::protocol::BackendState;
-use crate::registry::{Policy, Registry, Thresholds};
+use crate::registry::{Policy, Registry, RuleBook, Thresholds};
 use crate::telemetry::LbMetrics;
 use pools::Pools;
 use ready::Readiness;
@@ -176,7 +176,11 @@ fn registry_of(config: &Config) -> Result<Registry, Error> {
         unhealthy: hc.unhealthy_threshold,
         healthy: hc.healthy_threshold,
     };
-    Ok(Registry::new(policy, thresholds, config.rule_book()))
+    Ok(Registry::new(
+        policy,
+        thresholds,
+        RuleBook::from_config(config),
+    ))
 }
 
 /// Services kept with a pool even before backends arrive.

@@ -9,7 +9,7 @@ use futures::task::AtomicWaker;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::Limits;
+use crate::config::limits::Limits;
 
 pub(super) const HEAD: u8 = 0;
 pub(super) const BUSY: u8 = 1;

@@ -269,7 +269,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::{ConnTable, Limits, budget};
+    use crate::config::limits::Limits;
+    use crate::limits::{ConnTable, budget};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn limits(max: usize) -> Limits {

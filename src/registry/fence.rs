@@ -118,22 +118,7 @@ fn is_special(ip: IpAddr) -> bool {
 
 /// A name (`id`, `service`): 1–253 chars of `[A-Za-z0-9._-]`.
 pub fn validate_name(field: Field, name: &str) -> Result<(), RegisterError> {
-    if name.is_empty() || name.len() > 253 {
-        return Err(RegisterError::invalid(
-            field,
-            format!("must be 1-253 characters, got {}", name.chars().count()),
-        ));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(RegisterError::invalid(
-            field,
-            format!("character {c:?} not allowed (use A-Z a-z 0-9 . _ -)"),
-        ));
-    }
-    Ok(())
+    crate::protocol::check_name(name).map_err(|reason| RegisterError::invalid(field, reason))
 }
 
 /// `id`: 1–253 chars of `[A-Za-z0-9._-]`.

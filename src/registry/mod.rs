@@ -9,13 +9,13 @@
 //! | `verdict` | the pure health verdict: one check result → the next state |
 //! | `checks` | targets for the health loop and applying their results |
 //! | `eject` | passive ejection after failures on live traffic |
-//! | `publish` | per-service slots, the dirty set, building [`Routable`] |
+//! | `publish` | per-service slots, the dirty set, building [`Routable`](crate::registry::Routable) |
 //! | `views` | `/registry`, `/services`, per-state counts |
 //!
 //! Writers (registration, check results, sweeps) take a short lock on the
-//! table. The request path never does: it reads a service's [`Routable`]
-//! through its [`Slot`], rebuilt only when that service's routability
-//! changes. The registry announces what changed ([`Change`]) to its
+//! table. The request path never does: it reads a service's [`Routable`](crate::registry::Routable)
+//! through its [`Slot`](crate::registry::Slot), rebuilt only when that service's routability
+//! changes. The registry announces what changed ([`Change`](crate::registry::Change)) to its
 //! subscribers (the health loop, the LB's publisher), so every source of
 //! entries gets checks and publication without remembering to ask.
 
@@ -47,6 +47,7 @@ pub use publish::Slot;
 pub use routable::{LATENCY_HALF_LIFE, Routable, Upstream, digest};
 pub use verdict::{Health, Observation, Thresholds};
 
+use crate::config::{Config, ServiceConfig};
 use crate::protocol::{BackendState, RegisterResponse};
 use table::{Entry, Table};
 
@@ -67,6 +68,35 @@ pub struct RuleBook {
 }
 
 impl RuleBook {
+    /// Every service's rules (panic threshold, checks) from the config,
+    /// the defaults for services it does not name.
+    pub fn from_config(config: &Config) -> Self {
+        let hc = &config.health_check;
+        let rules = |o: Option<&ServiceConfig>| {
+            let c = o.map(|o| &o.health_check);
+            Arc::new(ServiceRules {
+                panic_percent: o
+                    .and_then(|o| o.panic_threshold)
+                    .unwrap_or(hc.panic_threshold),
+                check: Arc::new(CheckSpec {
+                    path: c
+                        .and_then(|c| c.path.clone())
+                        .unwrap_or_else(|| hc.path.clone()),
+                    interval: c.and_then(|c| c.interval).unwrap_or(hc.interval),
+                    timeout: c.and_then(|c| c.timeout).unwrap_or(hc.timeout),
+                }),
+            })
+        };
+        Self {
+            default: rules(None),
+            by_name: config
+                .services
+                .iter()
+                .map(|(name, o)| (name.clone(), rules(Some(o))))
+                .collect(),
+        }
+    }
+
     pub fn of(&self, service: &str) -> Arc<ServiceRules> {
         Arc::clone(self.by_name.get(service).unwrap_or(&self.default))
     }

@@ -1,5 +1,5 @@
-//! Publication: each service has a [`Slot`] holding its current
-//! [`Routable`]; a change marks the service dirty and only dirty services
+//! Publication: each service has a [`Slot`](crate::registry::Slot) holding its current
+//! [`Routable`](crate::registry::Routable); a change marks the service dirty and only dirty services
 //! are rebuilt, so a flip in one service costs O(that service), never
 //! O(every backend).
 

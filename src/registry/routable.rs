@@ -1,5 +1,5 @@
 //! What the request path reads: per-backend counters ([`Upstream`]) and a
-//! service's routable set ([`Routable`]), published whole on every change.
+//! service's routable set ([`Routable`](crate::registry::Routable)), published whole on every change.
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::Hasher;

@@ -471,3 +471,23 @@ fn next_announce_spreads_within_bounds() {
     assert!(vals.iter().all(|v| (24..=30).contains(v)), "{vals:?}");
     assert!(vals.iter().collect::<BTreeSet<_>>().len() > 3, "spread");
 }
+
+#[test]
+fn the_rule_book_applies_service_overrides_over_defaults() {
+    let c: crate::config::Config = serde_yaml::from_str(
+        "health_check: {panic_threshold: 40}\n\
+         services:\n  web: {panic_threshold: 0, health_check: {path: /v, interval: 1s}}\n",
+    )
+    .expect("config");
+    let book = RuleBook::from_config(&c);
+    let w = book.of("web");
+    assert_eq!((w.panic_percent, w.check.path.as_str()), (0.0, "/v"));
+    assert_eq!(w.check.interval, Duration::from_secs(1));
+    assert_eq!(
+        w.check.timeout,
+        Duration::from_secs(2),
+        "the default timeout"
+    );
+    let x = book.of("x");
+    assert_eq!((x.panic_percent, x.check.path.as_str()), (40.0, "/metrics"));
+}

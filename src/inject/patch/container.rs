@@ -80,7 +80,7 @@ fn vitals_probe(period: i32, failures: i32) -> Probe {
     }
 }
 
-/// What the agent registers as, read off the pod (see [`super::resolve`]).
+/// What the agent registers as, read off the pod (see [`resolve`](crate::inject::resolve)).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AgentIdentity {
     /// `ROSTER_SERVICE`.
