@@ -17,7 +17,11 @@ pub fn init_tracing() {
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _ = if json::wanted(std::env::var("ROSTER_LOG_FORMAT").ok().as_deref()) {
+    let _ = if json::wanted(
+        std::env::var(crate::config::env::LOG_FORMAT)
+            .ok()
+            .as_deref(),
+    ) {
         fmt.event_format(json::JsonLines).try_init()
     } else {
         fmt.try_init()

@@ -20,14 +20,14 @@ pub struct DiscoveryConfig {
         required = false,
         value_name = "LOAD_BALANCERS",
         long = "discovery-lb",
-        env = "ROSTER_DISCOVERY_LB",
+        env = super::env::DISCOVERY_LB,
         value_delimiter = ','
     )]
     pub load_balancers: Vec<String>,
     /// Heartbeat period (humantime, e.g. "30s"); ±10% jitter is applied.
     #[serde(with = "humantime_serde")]
     #[schemars(schema_with = "duration_schema")]
-    #[arg(id = "discovery.announce_interval", required = false, value_name = "ANNOUNCE_INTERVAL", long = "announce-interval", env = "ROSTER_ANNOUNCE_INTERVAL", value_parser = parse_duration)]
+    #[arg(id = "discovery.announce_interval", required = false, value_name = "ANNOUNCE_INTERVAL", long = "announce-interval", env = super::env::ANNOUNCE_INTERVAL, value_parser = parse_duration)]
     pub announce_interval: Duration,
     /// Port of the vitals server (`/metrics`, `/telemetry`).
     #[arg(
@@ -35,7 +35,7 @@ pub struct DiscoveryConfig {
         required = false,
         value_name = "METRICS_PORT",
         long = "metrics-port",
-        env = "ROSTER_METRICS_PORT"
+        env = super::env::METRICS_PORT
     )]
     pub metrics_port: u16,
     /// The service this backend serves, announced with every registration;
@@ -46,7 +46,7 @@ pub struct DiscoveryConfig {
         required = false,
         value_name = "SERVICE",
         long = "service",
-        env = "ROSTER_SERVICE"
+        env = super::env::SERVICE
     )]
     pub service: Option<String>,
 }
@@ -100,7 +100,7 @@ pub struct AgentConfig {
         required = false,
         value_name = "TOKEN_FILE",
         long = "token-file",
-        env = "ROSTER_TOKEN_FILE"
+        env = super::env::TOKEN_FILE
     )]
     pub token_file: Option<PathBuf>,
     /// The app's port: the default address is `$POD_IP:<app_port>`.
@@ -109,7 +109,7 @@ pub struct AgentConfig {
         required = false,
         value_name = "APP_PORT",
         long = "app-port",
-        env = "ROSTER_APP_PORT"
+        env = super::env::APP_PORT
     )]
     pub app_port: Option<u16>,
     /// How `ready` is decided: `http://127.0.0.1:3000/healthz` (2xx),
@@ -120,7 +120,7 @@ pub struct AgentConfig {
         required = false,
         value_name = "APP_HEALTH",
         long = "app-health",
-        env = "ROSTER_APP_HEALTH"
+        env = super::env::APP_HEALTH
     )]
     pub app_health: Option<String>,
     /// URL of a JSON document in the vitals' shape that the app serves; the
@@ -138,7 +138,7 @@ pub struct AgentConfig {
     /// not-ready has been served for one `health_check.interval`.
     #[serde(with = "humantime_serde")]
     #[schemars(schema_with = "duration_schema")]
-    #[arg(id = "agent.drain_period", required = false, value_name = "DRAIN_PERIOD", long = "drain-period", env = "ROSTER_DRAIN_PERIOD", value_parser = parse_duration)]
+    #[arg(id = "agent.drain_period", required = false, value_name = "DRAIN_PERIOD", long = "drain-period", env = super::env::DRAIN_PERIOD, value_parser = parse_duration)]
     pub drain_period: Duration,
     /// Where `cpu_usage` and `memory_usage` come from.
     #[arg(
@@ -159,7 +159,7 @@ pub struct AgentConfig {
         required = false,
         value_name = "APP_PROTOCOL",
         long = "app-protocol",
-        env = "ROSTER_APP_PROTOCOL"
+        env = super::env::APP_PROTOCOL
     )]
     pub app_protocol: Option<crate::protocol::Protocol>,
 }

@@ -88,7 +88,7 @@ pub struct HealthCheckConfig {
     /// Time between two checks of one backend.
     #[serde(with = "humantime_serde")]
     #[schemars(schema_with = "duration_schema")]
-    #[arg(id = "health_check.interval", required = false, value_name = "INTERVAL", long = "health-interval", env = "ROSTER_HEALTH_INTERVAL", value_parser = parse_duration)]
+    #[arg(id = "health_check.interval", required = false, value_name = "INTERVAL", long = "health-interval", env = env::HEALTH_INTERVAL, value_parser = parse_duration)]
     pub interval: Duration,
     /// Time allowed for one check.
     #[serde(with = "humantime_serde")]
@@ -551,6 +551,7 @@ impl Config {
 mod agent;
 mod args;
 mod duration;
+pub mod env;
 pub mod limits;
 mod load_score;
 pub mod reload;

@@ -33,7 +33,7 @@ use tokio_rustls::TlsAcceptor;
 pub use patch::{InjectConfig, Injection, OptIn, TokenSource, inject, inject_with};
 
 use crate::Error;
-use crate::config::{ConfigError, parse_duration};
+use crate::config::{ConfigError, env as agent_env, parse_duration};
 use crate::helm::is_quantity;
 
 /// How often the TLS files are checked for a change.
@@ -92,19 +92,19 @@ pub struct InjectArgs {
     /// LB control addresses injected agents announce to (comma-separated host:port).
     #[arg(
         long,
-        env = "ROSTER_DISCOVERY_LB",
+        env = agent_env::DISCOVERY_LB,
         default_value = "roster-lb-control.roster.svc:8080"
     )]
     pub discovery_lb: String,
-    /// The agents' vitals port.
-    #[arg(long, env = "ROSTER_METRICS_PORT", default_value_t = 9090)]
-    pub metrics_port: u16,
+    /// The agents' vitals port (default: the agent's, 9090).
+    #[arg(long, env = agent_env::METRICS_PORT)]
+    pub metrics_port: Option<u16>,
     /// The agents' heartbeat period (default: the agent's).
-    #[arg(long, env = "ROSTER_ANNOUNCE_INTERVAL", value_parser = parse_duration)]
+    #[arg(long, env = agent_env::ANNOUNCE_INTERVAL, value_parser = parse_duration)]
     pub announce_interval: Option<Duration>,
     /// The LBs' health_check.interval, passed to agents (they stay
     /// not-ready at least this long when draining; default: the agent's).
-    #[arg(long, env = "ROSTER_HEALTH_INTERVAL", value_parser = parse_duration)]
+    #[arg(long, env = agent_env::HEALTH_INTERVAL, value_parser = parse_duration)]
     pub health_interval: Option<Duration>,
     /// Secrets for pulling the agent image (comma-separated names; each must
     /// exist in the pod's namespace), added to injected pods' imagePullSecrets.
@@ -116,9 +116,10 @@ pub struct InjectArgs {
     /// The agents' log format: text or json (ROSTER_LOG_FORMAT on the agent).
     #[arg(long, env = "ROSTER_AGENT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub agent_log_format: String,
-    /// How long agents drain, and apps keep serving, once a pod terminates.
-    #[arg(long, env = "ROSTER_DRAIN_PERIOD", default_value = "15s", value_parser = parse_duration)]
-    pub drain_period: Duration,
+    /// How long agents drain, and apps keep serving, once a pod terminates
+    /// (default: the agent's `agent.drain_period`, 10s; the chart sets 15s).
+    #[arg(long, env = agent_env::DRAIN_PERIOD, value_parser = parse_duration)]
+    pub drain_period: Option<Duration>,
     /// Give app containers without a preStop hook `preStop: sleep` for the drain period (k8s ≥ 1.30).
     #[arg(long, env = "ROSTER_APP_PRE_STOP_SLEEP", default_value_t = true, action = ArgAction::Set)]
     pub app_pre_stop_sleep: bool,
@@ -152,23 +153,7 @@ impl InjectArgs {
                 message,
             })?,
         };
-        let token = match (&self.token_secret, self.kubernetes_auth) {
-            (Some(name), _) => TokenSource::Secret { name: name.clone() },
-            (None, true) => {
-                let secs = self.token_expiration.as_secs();
-                if secs < 600 {
-                    return Err(ConfigError::Invalid {
-                        field: "--token-expiration",
-                        message: "must be at least 10m (the API server's minimum)".into(),
-                    });
-                }
-                TokenSource::ServiceAccount {
-                    audience: self.token_audience.clone(),
-                    expiration_seconds: i64::try_from(secs).unwrap_or(i64::MAX),
-                }
-            }
-            (None, false) => TokenSource::None,
-        };
+        let token = self.token_source()?;
         if self.health_interval.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::Invalid {
                 field: "--health-interval",
@@ -190,7 +175,9 @@ impl InjectArgs {
                 message: format!("{bad:?} is not a Secret name"),
             });
         }
-        if self.drain_period.is_zero() {
+        let agent = crate::config::Config::default();
+        let drain_period = self.drain_period.unwrap_or(agent.agent.drain_period);
+        if drain_period.is_zero() {
             return Err(ConfigError::Invalid {
                 field: "--drain-period",
                 message: "must be more than 0".into(),
@@ -201,9 +188,9 @@ impl InjectArgs {
             image_pull_policy: self.agent_image_pull_policy.clone(),
             native_sidecar: self.native_sidecar,
             load_balancers: self.discovery_lb.clone(),
-            metrics_port: self.metrics_port,
+            metrics_port: self.metrics_port.unwrap_or(agent.discovery.metrics_port),
             announce_interval: self.announce_interval,
-            drain_period: self.drain_period,
+            drain_period,
             app_pre_stop_sleep: self.app_pre_stop_sleep,
             token,
             resources,
@@ -212,6 +199,29 @@ impl InjectArgs {
             image_pull_secrets,
             run_as_user: self.agent_run_as_user.0,
             log_json: self.agent_log_format == "json",
+        })
+    }
+}
+
+impl InjectArgs {
+    /// Where injected agents get their registration token.
+    fn token_source(&self) -> Result<TokenSource, ConfigError> {
+        Ok(match (&self.token_secret, self.kubernetes_auth) {
+            (Some(name), _) => TokenSource::Secret { name: name.clone() },
+            (None, true) => {
+                let secs = self.token_expiration.as_secs();
+                if secs < 600 {
+                    return Err(ConfigError::Invalid {
+                        field: "--token-expiration",
+                        message: "must be at least 10m (the API server's minimum)".into(),
+                    });
+                }
+                TokenSource::ServiceAccount {
+                    audience: self.token_audience.clone(),
+                    expiration_seconds: i64::try_from(secs).unwrap_or(i64::MAX),
+                }
+            }
+            (None, false) => TokenSource::None,
         })
     }
 }

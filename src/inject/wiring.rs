@@ -236,3 +236,49 @@ fn chart_webhooks_match_the_served_routes_and_labels() {
         assert_eq!(hook["reinvocationPolicy"], "Never");
     }
 }
+
+/// The contract between the injector and the agent: every `ROSTER_*`
+/// variable the injector writes on the sidecar is one `roster agent`
+/// reads (a flag's env var, or the log format every command reads).
+#[test]
+fn every_variable_the_injector_writes_is_one_the_agent_reads() {
+    use clap::Args;
+    let cmd = crate::config::Overlay::<crate::config::AgentSections>::augment_args(
+        clap::Command::new("agent"),
+    );
+    let mut read: std::collections::BTreeSet<String> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect();
+    read.insert(crate::config::env::LOG_FORMAT.into());
+    let cfg = InjectConfig {
+        health_interval: Some(Duration::from_secs(2)),
+        announce_interval: Some(Duration::from_secs(7)),
+        log_json: true,
+        token: TokenSource::ServiceAccount {
+            audience: "roster".into(),
+            expiration_seconds: 3600,
+        },
+        ..Default::default()
+    };
+    let p = deployment_pod(json!({
+        INJECT_ANNOTATION: "true",
+        super::names::HEALTH_PATH_ANNOTATION: "/healthz",
+    }));
+    let a = agent(&patched(&p, &cfg, OptIn::Annotation).expect("injected"));
+    let written: Vec<String> = a
+        .env
+        .iter()
+        .flatten()
+        .map(|e| e.name.clone())
+        .filter(|n| n.starts_with("ROSTER_"))
+        .collect();
+    assert!(written.len() >= 10, "{written:?}");
+    for name in &written {
+        assert!(
+            read.contains(name),
+            "the injector writes {name}, the agent never reads it"
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! The `roster-agent` container and its token volume.
 
 use super::*;
+use crate::config::env as agent_env_name;
 
 pub(super) fn token_volume(token: &TokenSource) -> Option<Volume> {
     match token {
@@ -136,40 +137,43 @@ fn agent_env(
         env_field("POD_NAME", "metadata.name"),
         env_field("POD_NAMESPACE", "metadata.namespace"),
         env_field("POD_IP", "status.podIP"),
-        env("ROSTER_DISCOVERY_LB", load_balancers),
-        env("ROSTER_METRICS_PORT", cfg.metrics_port.to_string()),
-        env("ROSTER_APP_PORT", app_port.to_string()),
+        env(agent_env_name::DISCOVERY_LB, load_balancers),
+        env(agent_env_name::METRICS_PORT, cfg.metrics_port.to_string()),
+        env(agent_env_name::APP_PORT, app_port.to_string()),
         env(
-            "ROSTER_DRAIN_PERIOD",
+            agent_env_name::DRAIN_PERIOD,
             humantime::format_duration(cfg.drain_period).to_string(),
         ),
     ];
     if let Some(every) = cfg.announce_interval {
         env_vars.push(env(
-            "ROSTER_ANNOUNCE_INTERVAL",
+            agent_env_name::ANNOUNCE_INTERVAL,
             humantime::format_duration(every).to_string(),
         ));
     }
     if let Some(every) = cfg.health_interval {
         env_vars.push(env(
-            "ROSTER_HEALTH_INTERVAL",
+            agent_env_name::HEALTH_INTERVAL,
             humantime::format_duration(every).to_string(),
         ));
     }
     if let Some(url) = health {
-        env_vars.push(env("ROSTER_APP_HEALTH", url));
+        env_vars.push(env(agent_env_name::APP_HEALTH, url));
     }
     if cfg.log_json {
-        env_vars.push(env("ROSTER_LOG_FORMAT", "json"));
+        env_vars.push(env(agent_env_name::LOG_FORMAT, "json"));
     }
     if let Some(service) = &identity.service {
-        env_vars.push(env("ROSTER_SERVICE", service.as_str()));
+        env_vars.push(env(agent_env_name::SERVICE, service.as_str()));
     }
     if let Some(protocol) = identity.protocol {
-        env_vars.push(env("ROSTER_APP_PROTOCOL", protocol));
+        env_vars.push(env(agent_env_name::APP_PROTOCOL, protocol));
     }
     if cfg.token != TokenSource::None {
-        env_vars.push(env("ROSTER_TOKEN_FILE", format!("{TOKEN_DIR}/token")));
+        env_vars.push(env(
+            agent_env_name::TOKEN_FILE,
+            format!("{TOKEN_DIR}/token"),
+        ));
     }
     env_vars
 }
