@@ -275,3 +275,48 @@ async fn an_lb_start_logs_no_panic_and_no_error() {
     assert!(!text.contains("PANIC MODE"), "panic mode at start:\n{text}");
     assert!(!text.contains("ERROR"), "an ERROR at start:\n{text}");
 }
+
+/// Clients that hang up mid-request are counted, not logged at ERROR:
+/// any client could otherwise write ERROR lines at will (make soak found
+/// one per hang-up).
+#[tokio::test(flavor = "multi_thread")]
+async fn client_hang_ups_log_no_error() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("lb.log");
+    let lb = Lb::start_with("127.0.74.1", &[], &[], Some(&log)).await;
+    let b = Backend::start("slow", "127.0.74.2").await;
+    assert_eq!(lb.register("slow", b.addr(), b.metrics_port()).await, 201);
+    lb.wait_backends(&[b.addr()], Duration::from_secs(10)).await;
+    for _ in 0..5 {
+        let mut s = tokio::net::TcpStream::connect(lb.proxy)
+            .await
+            .expect("connect");
+        s.write_all(b"GET /slow HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(s);
+    }
+    // The backend answers /slow after 1.5 s; the LB notices the hang-ups
+    // when it writes the answers.
+    wait_for(
+        Duration::from_secs(10),
+        "5 aborted requests counted",
+        || async {
+            let text = lb.telemetry().await;
+            let aborted: f64 = text
+                .lines()
+                .filter(|l| l.starts_with("roster_lb_requests_total") && l.contains("aborted"))
+                .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+                .sum();
+            aborted >= 5.0
+        },
+    )
+    .await;
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        !text.contains("ERROR"),
+        "a hang-up logged an ERROR:\n{text}"
+    );
+}

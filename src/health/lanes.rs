@@ -10,8 +10,12 @@
 //! | lane | who | order |
 //! | --- | --- | --- |
 //! | [`Class::First`] | never checked (a new registration) | newest first: a burst of registrations that turn out dark never holds back the one after it |
-//! | [`Class::Answering`] | its last check answered (`ready` either way) | oldest first |
-//! | [`Class::Failing`] | its last check failed (in the pool or out of it), a quarter of the slots | fewest failures first: a backend in the pool that just failed gets the check that takes it out before long-dead ones |
+//! | [`Class::Answering`] | in the pool, or its last check answered (`ready` either way) | oldest first |
+//! | [`Class::Failing`] | out of the pool after failed checks, a quarter of the slots | fewest failures first: one that just failed is checked again before long-dead ones |
+//!
+//! A backend in the pool keeps the answering lane through its failures
+//! (until `unhealthy_threshold` takes it out), so one that dies leaves the
+//! pool on its own schedule, whatever the failing lane holds.
 //!
 //! A slot freed goes straight to the first waiter of its lane, so a check
 //! never waits behind a check of another class, and in its own class only
@@ -28,17 +32,17 @@ use tokio::sync::oneshot;
 pub enum Class {
     /// Never checked.
     First,
-    /// Its last check got an answer.
+    /// In the pool, or its last check got an answer.
     Answering,
-    /// `n` checks in a row failed.
+    /// Out of the pool after `n` failed checks in a row.
     Failing(u32),
 }
 
 impl Class {
-    /// The class of an entry checked `checked`, with `fails` failures in
-    /// a row.
-    pub fn of(checked: bool, fails: u32) -> Self {
-        match (checked, fails) {
+    /// The class of an entry checked `checked`, out of the pool after
+    /// `failing` failures in a row (0 while in the pool).
+    pub fn of(checked: bool, failing: u32) -> Self {
+        match (checked, failing) {
             (false, _) => Self::First,
             (true, 0) => Self::Answering,
             (true, n) => Self::Failing(n),

@@ -206,7 +206,7 @@ impl HealthLoop {
     async fn check_and_requeue(self: Arc<Self>, target: Target) {
         let slot = self
             .lanes
-            .acquire(Class::of(target.checked, target.fails))
+            .acquire(Class::of(target.checked, target.failing))
             .await;
         self.check_once(&target).await;
         drop(slot);

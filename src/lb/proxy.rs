@@ -368,6 +368,18 @@ impl ProxyHttp for Proxy {
         e
     }
 
+    /// A failure the client caused (it hung up, reset its stream, or sent
+    /// something unreadable) is the client's behaviour, not an operator's
+    /// problem: pingora's ERROR line for it is dropped, and the request is
+    /// counted (`code_class="aborted"`, or its 4xx) and logged at DEBUG.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
+        let client = matches!(e.esource(), ErrorSource::Downstream);
+        if client {
+            tracing::debug!(error = %e, "client-side failure");
+        }
+        client
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         if let (Some(why), ErrorType::HTTPStatus(code)) = (ctx.no_backend, e.etype()) {
             if *code == 503 {

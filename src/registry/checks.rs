@@ -62,10 +62,10 @@ pub struct Target {
     pub generation: u64,
     pub vitals_addr: SocketAddr,
     /// Checks failed in a row while out of the pool (0 for a new entry or
-    /// one still in it): the backoff.
+    /// one still in it): the check lane and the backoff. A backend in the
+    /// pool keeps the answering lane through its failures, so it leaves
+    /// the pool on time when it dies.
     pub failing: u32,
-    /// Checks failed in a row, in the pool or out of it: the check lane.
-    pub fails: u32,
     /// Checked at least once.
     pub checked: bool,
     pub check: Arc<CheckSpec>,
@@ -80,7 +80,6 @@ impl Registry {
             generation: e.generation,
             vitals_addr: SocketAddr::new(e.addr.ip(), e.metrics_port),
             failing: if out { e.health.fails } else { 0 },
-            fails: e.health.fails,
             checked: e.health.checked,
             check: Arc::clone(&self.rules.of(&e.service).check),
         }
