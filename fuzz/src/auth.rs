@@ -35,7 +35,8 @@ impl Answer {
         let status = std::str::from_utf8(first)
             .ok()
             .and_then(|s| s.trim().parse().ok())
-            .filter(|s| (100..600).contains(s))
+            // A real connection never ends on a 1xx.
+            .filter(|s| (200..600).contains(s))
             .unwrap_or(200);
         Self {
             status,
@@ -43,9 +44,10 @@ impl Answer {
         }
     }
 
+    /// The body, when kube's client takes the answer for a success (not
+    /// a 4xx or 5xx).
     fn json(&self) -> Option<Value> {
-        (200..300)
-            .contains(&self.status)
+        (self.status < 400)
             .then(|| serde_json::from_slice(&self.body).ok())
             .flatten()
     }

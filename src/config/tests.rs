@@ -82,6 +82,24 @@ fn range_errors_name_the_key() {
     assert!(err.contains("allowed_networks"), "{err}");
 }
 
+#[test]
+fn durations_too_long_to_compute_with_are_refused_by_key() {
+    // Fuzzing (fuzz/corpus/config/crash-duration-overflow.yaml): the LB
+    // doubled this interval at start and panicked on the overflow.
+    let c = parse("health_check:\n  interval: 368934834354y\n").expect("parses");
+    let err = c.validate_lb().unwrap_err().to_string();
+    assert!(err.contains("health_check.interval"), "{err}");
+    let c = parse("services:\n  web: {health_check: {timeout: 1000y}}\n").expect("parses");
+    let err = c.validate_lb().unwrap_err().to_string();
+    assert!(err.contains("services.*.health_check"), "{err}");
+    let mut c = Config::default();
+    c.registration.lease_ttl = validate::MAX_DURATION;
+    c.validate_lb().expect("the bound itself is allowed");
+    c.registration.lease_ttl += Duration::from_secs(1);
+    let err = c.validate_lb().unwrap_err().to_string();
+    assert!(err.contains("registration.lease_ttl"), "{err}");
+}
+
 #[derive(Parser)]
 struct Cli {
     #[command(flatten)]

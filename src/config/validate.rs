@@ -1,11 +1,19 @@
 //! Checks the LB's configuration needs beyond what serde's types express,
 //! each error naming the key.
 
+use std::time::Duration;
+
 use super::{Config, ConfigError, invalid, services};
+
+/// The longest duration a key takes: far beyond any sensible setting, and
+/// short enough that what the LB computes from one (an interval doubled,
+/// a lease added to now) cannot overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl Config {
     /// Checks the LB needs: ranges that serde cannot express.
     pub fn validate_lb(&self) -> Result<(), ConfigError> {
+        self.check_durations()?;
         self.check_health()?;
         self.check_lb()?;
         self.check_protocols()?;
@@ -14,6 +22,43 @@ impl Config {
         super::limits::validate("lb.proxy_limits", &self.lb.proxy_limits.get())?;
         super::limits::validate("lb.control_limits", &self.lb.control_limits.get())?;
         Ok(())
+    }
+
+    /// Every duration of the LB's keys at most [`MAX_DURATION`].
+    fn check_durations(&self) -> Result<(), ConfigError> {
+        let (hc, lb) = (&self.health_check, &self.lb);
+        let (proxy, control) = (lb.proxy_limits.get(), lb.control_limits.get());
+        let keys = [
+            ("health_check.interval", hc.interval),
+            ("health_check.timeout", hc.timeout),
+            ("lb.grace_period", lb.grace_period),
+            ("lb.connect_timeout", lb.connect_timeout),
+            ("lb.read_timeout", lb.read_timeout),
+            ("lb.idle_timeout", lb.idle_timeout),
+            ("lb.ejection_time", lb.ejection_time),
+            ("lb.max_ejection_time", lb.max_ejection_time),
+            ("lb.shutdown_delay", lb.shutdown_delay),
+            ("lb.warmup", lb.warmup),
+            ("lb.websocket_idle_timeout", lb.websocket_idle_timeout),
+            ("lb.tls.reload_interval", lb.tls.reload_interval),
+            ("lb.proxy_limits.header_timeout", proxy.header_timeout),
+            ("lb.proxy_limits.body_timeout", proxy.body_timeout),
+            ("lb.proxy_limits.idle_timeout", proxy.idle_timeout),
+            ("lb.control_limits.header_timeout", control.header_timeout),
+            ("lb.control_limits.body_timeout", control.body_timeout),
+            ("lb.control_limits.idle_timeout", control.idle_timeout),
+            ("registration.lease_ttl", self.registration.lease_ttl),
+        ];
+        let services = self.services.values().map(|s| &s.health_check);
+        let overrides = services.flat_map(|c| [c.interval, c.timeout]).flatten();
+        match keys.iter().find(|(_, d)| *d > MAX_DURATION) {
+            Some(&(key, _)) => Err(invalid(key, "must be at most 365d")),
+            None if overrides.into_iter().any(|d| d > MAX_DURATION) => Err(invalid(
+                "services.*.health_check",
+                "interval and timeout must be at most 365d",
+            )),
+            None => Ok(()),
+        }
     }
 
     fn check_health(&self) -> Result<(), ConfigError> {
