@@ -167,42 +167,49 @@ forward() {
 }
 unforward() { kill "$FWD_PID" 2>/dev/null || true; }
 
-demo_backend() { # name, extra annotations (YAML map lines), kind
-  local name=$1 annotations=$2 kind=${3:-Deployment} replicas=""
-  [ "$kind" = Deployment ] && replicas="replicas: 3
-  strategy:
-    rollingUpdate: {maxSurge: 1, maxUnavailable: 0}"
-  cat <<EOF
-apiVersion: apps/v1
-kind: $kind
+# The demo backend's pod: metadata and spec, at the indent given.
+demo_pod() { # name, annotations (YAML map entries), indent
+  local name=$1 annotations=$2 pad=$3
+  sed "s/^/$pad/" <<EOF
 metadata:
-  name: $name
+  labels: {app: $name}
+  annotations: {$annotations}
 spec:
-  $replicas
-  selector:
-    matchLabels: {app: $name}
-  template:
-    metadata:
-      labels: {app: $name}
-      annotations: {$annotations}
-    spec:
-      containers:
-        - name: web
-          image: $IMAGE
-          imagePullPolicy: Never
-          args: ["demo-backend", "--listen", "0.0.0.0:3000", "--metrics-port", "9091", "--discovery-lb", "127.0.0.1:9"]
-          ports:
-            - {name: http, containerPort: 3000}
-          readinessProbe:
-            tcpSocket: {port: http}
-            periodSeconds: 2
-          securityContext:
-            runAsNonRoot: true
-            allowPrivilegeEscalation: false
-            readOnlyRootFilesystem: true
-            capabilities: {drop: ["ALL"]}
-            seccompProfile: {type: RuntimeDefault}
+  containers:
+    - name: web
+      image: $IMAGE
+      imagePullPolicy: Never
+      args: ["demo-backend", "--listen", "0.0.0.0:3000", "--address", "\$(POD_IP):3000", "--metrics-port", "9091", "--discovery-lb", "127.0.0.1:9"]
+      env:
+        - name: POD_IP
+          valueFrom: {fieldRef: {fieldPath: status.podIP}}
+      ports:
+        - {name: http, containerPort: 3000}
+      readinessProbe:
+        tcpSocket: {port: http}
+        periodSeconds: 2
+      securityContext:
+        runAsNonRoot: true
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        capabilities: {drop: ["ALL"]}
+        seccompProfile: {type: RuntimeDefault}
 EOF
+}
+
+demo_backend() { # name, extra annotations (YAML map entries), kind (Deployment, DaemonSet, Pod)
+  local name=$1 annotations=$2 kind=${3:-Deployment}
+  if [ "$kind" = Pod ]; then
+    printf 'apiVersion: v1\nkind: Pod\n'
+    demo_pod "$name" "$annotations" "" | sed "s/^metadata:\$/metadata:\\n  name: $name/"
+    return
+  fi
+  printf 'apiVersion: apps/v1\nkind: %s\nmetadata:\n  name: %s\nspec:\n' "$kind" "$name"
+  if [ "$kind" = Deployment ]; then
+    printf '  replicas: 3\n  strategy:\n    rollingUpdate: {maxSurge: 1, maxUnavailable: 0}\n'
+  fi
+  printf '  selector:\n    matchLabels: {app: %s}\n  template:\n' "$name"
+  demo_pod "$name" "$annotations" "    "
 }
 
 expected() {
@@ -281,66 +288,73 @@ requests() {
   echo "$fails"
 }
 
-# --- Prometheus (local provider): the chart's ServiceMonitor and PodMonitor,
-# as kubernetes_sd_configs for Debian's Prometheus. ---------------------------
+# --- Prometheus (local provider): Debian's, scraping what the chart's
+# ServiceMonitor (the LB Services' endpoints, port "control", /telemetry) and
+# PodMonitor (pods labelled roster.dev/injected=true, port "vitals",
+# /telemetry) select, plus the prometheus.io/* annotations the injector adds.
+# Debian builds Prometheus without kubernetes_sd_configs ("field
+# kubernetes_sd_configs not found in type config.ScrapeConfig"), so the
+# same selection is read from the API here and handed over as file_sd
+# targets. ----------------------------------------------------------------------
 PROM_PORT=19090
+prom_sd() { # writes $1/{lb,agents,annotated}.json from the API
+  local dir=$1
+  k get endpointslices -n "$NS" -l "app.kubernetes.io/instance=roster,app.kubernetes.io/component=lb" -o json >"$dir/endpoints.json"
+  k get pods -A -o json >"$dir/pods.json"
+  python3 - "$dir" <<'PY'
+import json, sys
+d = sys.argv[1]
+eps = json.load(open(f"{d}/endpoints.json"))["items"]
+pods = json.load(open(f"{d}/pods.json"))["items"]
+lb = set()
+for sl in eps:  # ServiceMonitor: the selected Services' endpoints, port "control"
+    for port in sl.get("ports") or []:
+        if port.get("name") != "control":
+            continue
+        for e in sl.get("endpoints") or []:
+            for ip in e.get("addresses", []):
+                lb.add((f"{ip}:{port['port']}", (e.get("targetRef") or {}).get("name", "")))
+agents, annotated = set(), set()
+for p in pods:
+    meta, spec, status = p["metadata"], p["spec"], p.get("status", {})
+    ip = status.get("podIP")
+    if status.get("phase") != "Running" or not ip or meta.get("deletionTimestamp"):
+        continue
+    name = f"{meta['namespace']}/{meta['name']}"
+    if (meta.get("labels") or {}).get("roster.dev/injected") == "true":  # PodMonitor
+        for c in spec.get("containers", []) + spec.get("initContainers", []):
+            for port in c.get("ports", []):
+                if port.get("name") == "vitals":
+                    agents.add((f"{ip}:{port['containerPort']}", name))
+    ann = meta.get("annotations") or {}
+    if ann.get("prometheus.io/scrape") == "true" and ann.get("prometheus.io/port"):
+        annotated.add((f"{ip}:{ann['prometheus.io/port']}", name, ann.get("prometheus.io/path", "/metrics")))
+def write(fname, groups):
+    json.dump(groups, open(f"{d}/{fname}.tmp", "w"))
+    import os
+    os.replace(f"{d}/{fname}.tmp", f"{d}/{fname}")
+write("lb.json", [{"targets": [t], "labels": {"pod": n}} for t, n in sorted(lb)])
+write("agents.json", [{"targets": [t], "labels": {"pod": n}} for t, n in sorted(agents)])
+write("annotated.json", [{"targets": [t], "labels": {"pod": n, "__metrics_path__": path}} for t, n, path in sorted(annotated)])
+print(len(lb), len(agents), len(annotated))
+PY
+}
+
 start_prometheus() {
   local dir=$E2E_STATE/prometheus
   mkdir -p "$dir/data"
+  prom_sd "$dir" >/dev/null
   cat >"$dir/prometheus.yml" <<EOF
 global: {scrape_interval: 3s, scrape_timeout: 2s}
 scrape_configs:
-  # The chart's ServiceMonitor: the LB Services' endpoints, port "control", /telemetry.
   - job_name: roster-lb
     metrics_path: /telemetry
-    kubernetes_sd_configs:
-      - {role: endpoints, kubeconfig_file: $KUBECONFIG, namespaces: {names: [$NS]}}
-    relabel_configs:
-      - source_labels: [__meta_kubernetes_service_label_app_kubernetes_io_instance, __meta_kubernetes_service_label_app_kubernetes_io_component]
-        regex: roster;lb
-        action: keep
-      - source_labels: [__meta_kubernetes_endpoint_port_name]
-        regex: control
-        action: keep
-      - source_labels: [__meta_kubernetes_pod_name]
-        target_label: pod
-  # The chart's PodMonitor: pods labelled roster.dev/injected=true, port "vitals", /telemetry.
+    file_sd_configs: [{files: ["$dir/lb.json"], refresh_interval: 5s}]
   - job_name: roster-agents
     metrics_path: /telemetry
-    kubernetes_sd_configs:
-      - {role: pod, kubeconfig_file: $KUBECONFIG}
-    relabel_configs:
-      - source_labels: [__meta_kubernetes_pod_label_roster_dev_injected]
-        regex: "true"
-        action: keep
-      - source_labels: [__meta_kubernetes_pod_container_port_name]
-        regex: vitals
-        action: keep
-      - source_labels: [__meta_kubernetes_pod_phase]
-        regex: Running
-        action: keep
-      - source_labels: [__meta_kubernetes_pod_name]
-        target_label: pod
-  # The prometheus.io/* annotations the injector adds.
+    file_sd_configs: [{files: ["$dir/agents.json"], refresh_interval: 5s}]
   - job_name: annotated-pods
-    kubernetes_sd_configs:
-      - {role: pod, kubeconfig_file: $KUBECONFIG}
-    relabel_configs:
-      - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape]
-        regex: "true"
-        action: keep
-      - source_labels: [__meta_kubernetes_pod_phase]
-        regex: Running
-        action: keep
-      - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_path]
-        regex: (.+)
-        target_label: __metrics_path__
-      - source_labels: [__meta_kubernetes_pod_ip, __meta_kubernetes_pod_annotation_prometheus_io_port]
-        regex: (.+);(.+)
-        replacement: \$1:\$2
-        target_label: __address__
-      - source_labels: [__meta_kubernetes_pod_name]
-        target_label: pod
+    file_sd_configs: [{files: ["$dir/annotated.json"], refresh_interval: 5s}]
 EOF
   promtool check config "$dir/prometheus.yml" >/dev/null || die "promtool check config: $(promtool check config "$dir/prometheus.yml" 2>&1 | tail -3)"
   setsid "${NS_EXEC[@]}" prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
@@ -389,9 +403,12 @@ run_scenarios() {
   # The demo backend embeds an agent library of its own; here the injected
   # sidecar does the announcing, so the embedded one gets a spare vitals
   # port and a black-hole LB address.
-  { demo_backend demo 'roster.dev/inject: "true"'
+  # Both register under the LB's default service (chart defaults: unrouted
+  # traffic and the flat /backends are lb.default_service's, "default";
+  # unnamed, each would be its own service, demo and demo-ds).
+  { demo_backend demo 'roster.dev/inject: "true", roster.dev/service: default'
     echo "---"
-    demo_backend demo-ds 'roster.dev/inject: "true", roster.dev/app-port: "3000"' DaemonSet
+    demo_backend demo-ds 'roster.dev/inject: "true", roster.dev/app-port: "3000", roster.dev/service: default' DaemonSet
   } | k -n "$DEMO" apply -f -
   k create namespace "$OPTIN"
   k label namespace "$OPTIN" roster.dev/inject=enabled
@@ -448,12 +465,12 @@ run_scenarios() {
   before=$(k -n "$DEMO" get pods -l app=demo -o name | sort)
   k -n "$DEMO" scale deploy/demo --replicas=4
   k -n "$DEMO" rollout status deploy/demo --timeout=180s
-  new=$(comm -13 <(echo "$before") <(k -n "$DEMO" get pods -l app=demo -o name | sort) | head -n1)
+  new=$(comm -13 <(echo "$before") <(k -n "$DEMO" get pods -l app=demo -o name | sort) | sed -n 1p)
   [ -n "$new" ] || die "no new demo pod after scaling to 4"
   local ip
   ip=$(k -n "$DEMO" get "$new" -o jsonpath='{.status.podIP}'):3000
   created=$(date -d "$(k -n "$DEMO" get "$new" -o jsonpath='{.metadata.creationTimestamp}')" +%s)
-  lb=$(lb_pods | head -n1)
+  lb=$(lb_pods | sed -n 1p)
   forward "pod/$lb" 8080
   has_new() { listed "$FWD_PORT" | grep -qx "$ip"; }
   wait_for 60 "$ip to be routable" has_new
@@ -483,7 +500,7 @@ run_scenarios() {
   local victim start limit=$((INTERVAL * THRESHOLD + INTERVAL)) took
   victim=$(k -n "$DEMO" get pods -l app=demo -o jsonpath='{.items[0].metadata.name}')
   ip=$(k -n "$DEMO" get pod "$victim" -o jsonpath='{.status.podIP}'):3000
-  lb=$(lb_pods | head -1)
+  lb=$(lb_pods | sed -n 1p)
   forward "pod/$lb" 8080
   listed "$FWD_PORT" | grep -qx "$ip" || die "$ip not listed before the kill"
   start=$(date +%s.%N)
@@ -499,8 +516,7 @@ run_scenarios() {
   injector_gone() { [ -z "$(k -n "$NS" get pods -l app.kubernetes.io/component=injector -o name)" ]; }
   wait_for 120 "the injector pods to go" injector_gone
   t0=$SECONDS
-  k -n "$DEMO" run no-injector --image="$IMAGE" --image-pull-policy=Never --restart=Never \
-    --annotations=roster.dev/inject=true --port 3000 -- demo-backend --listen 0.0.0.0:3000 --metrics-port 9091 --discovery-lb 127.0.0.1:9
+  demo_backend no-injector 'roster.dev/inject: "true"' Pod | k -n "$DEMO" apply -f -
   k -n "$DEMO" wait pod/no-injector --for=condition=Ready --timeout=120s
   local started=$((SECONDS - t0))
   [ -z "$(k -n "$DEMO" get pod no-injector -o jsonpath='{.spec.initContainers[*].name}')" ] \
@@ -583,14 +599,23 @@ for x in json.load(sys.stdin)["data"]["activeTargets"]:
   pass "0 failed of 50 to node $NODE_IP:8000; $LB_COUNT LB(s) x $POD_COUNT pods"
 
   scenario "helm uninstall leaves nothing behind"
+  t0=$SECONDS
   h uninstall roster -n "$NS" --wait --timeout 3m
-  local left kinds
+  local left kinds uninstalled=$((SECONDS - t0))
   kinds=$(k api-resources --verbs=list -o name | grep -v -E '^(events|events.events.k8s.io)$' | paste -sd, -)
-  left=$(k get "$kinds" -A -l app.kubernetes.io/instance=roster -o name 2>/dev/null) || die "kubectl get every kind failed"
-  left+=$(k get mutatingwebhookconfiguration -o name | grep roster || true)
-  left+=$(k -n "$NS" get all,cm,secret,sa,role,rolebinding,networkpolicy,pdb -o name | grep -v -E '^(configmap/kube-root-ca.crt|serviceaccount/default)$' || true)
-  [ -z "$left" ] || die "left behind: $(echo "$left" | tr '\n' ' ')"
-  pass "no object of the release in any namespace, no webhook"
+  # What the release made, in every namespace; its pods go within their
+  # grace period (the garbage collector deletes them after the workloads).
+  leftovers() {
+    left=$(k get "$kinds" -A -l app.kubernetes.io/instance=roster -o name 2>/dev/null) || { left="(kubectl get failed)"; return; }
+    left+=$(k get mutatingwebhookconfiguration -o name | grep roster || true)
+    left+=$(k -n "$NS" get all,cm,secret,sa,role,rolebinding,networkpolicy,pdb -o name | grep -v -E '^(configmap/kube-root-ca.crt|serviceaccount/default)$' || true)
+  }
+  nothing_left() { leftovers; [ -z "$left" ]; }
+  if ! wait_for_quiet 120 nothing_left; then
+    leftovers
+    die "left behind 120s after helm uninstall: $(echo "$left" | tr '\n' ' ')"
+  fi
+  pass "uninstall ${uninstalled}s; nothing of the release left (any namespace, webhook, pods) after $((SECONDS - t0))s"
 }
 
 # Poll without dying; returns 1 on time-out.
@@ -625,7 +650,7 @@ run_local() {
   SCENARIO="cluster up (Kubernetes $K8S_VERSION)"
   SCENARIO_START=$t0
   pass "etcd, apiserver, controller-manager, scheduler, containerd, kubelet, kube-proxy, CoreDNS; ${up}s"
-  echo "kubectl: $("$KUBECTL" version --client 2>/dev/null | head -n1); helm: $("$HELM" version --short 2>/dev/null)"
+  echo "kubectl: $("$KUBECTL" version --client 2>/dev/null | sed -n 1p); helm: $("$HELM" version --short 2>/dev/null)"
   run_scenarios
   stop_pids
   cluster_down
