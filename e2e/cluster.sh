@@ -64,7 +64,7 @@ in_ns() { nsenter --net="/run/netns/$NETNS" "$@"; }
 ours() {
   local pid=$1 hint=$2
   [ -n "$pid" ] && [ -d "/proc/$pid" ] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$hint" && return 0
+  tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "$hint" && return 0
   grep -q ":/$CGROUP_ROOT/" "/proc/$pid/cgroup" 2>/dev/null
 }
 
@@ -123,6 +123,17 @@ down() {
     done
   fi
   kill_pod_processes
+  # A crashed run's strays whose pid files are gone (a containerd shim, a
+  # daemon started twice): their command lines name the state dir.
+  local p
+  for p in /proc/[0-9]*; do
+    pid=${p#/proc/}
+    [ "$pid" != $$ ] || continue
+    if tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -qF -- " $STATE/"; then
+      say "stray process $pid: $(tr '\0' ' ' 2>/dev/null <"$p/cmdline" | cut -c1-100)"
+      stop_pid "$pid" "$STATE"
+    fi
+  done
   # Mounts under the state dir (overlay rootfs, tmpfs volumes, netns and
   # shm bind mounts), deepest first; lazily when busy.
   local m left

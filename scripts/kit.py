@@ -785,16 +785,17 @@ def demo_pod(annotations: dict, ports: bool = True, **spec_extra) -> dict:
                          "effect": "NoExecute", "tolerationSeconds": 300}],
     }
     spec.update(spec_extra)
-    return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"generateName": "demo-7d4b9c-", "namespace": "shop",
-                     "labels": {"app": "demo", "pod-template-hash": "7d4b9c"},
-                     "annotations": annotations,
-                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
-                                          "name": "demo-7d4b9c", "uid": "3f1c6c1e-1111-4a4a-9c9c-123456789abc",
-                                          "controller": True, "blockOwnerDeletion": True}]},
-        "spec": spec,
-    }
+    metadata = {"generateName": "demo-7d4b9c-", "namespace": "shop",
+                "labels": {"app": "demo", "pod-template-hash": "7d4b9c"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                     "name": "demo-7d4b9c", "uid": "3f1c6c1e-1111-4a4a-9c9c-123456789abc",
+                                     "controller": True, "blockOwnerDeletion": True}]}
+    # The API server omits empty maps: a pod without annotations has no
+    # metadata.annotations at all (found by `make e2e`: a patch adding
+    # /metadata/annotations/prometheus.io~1scrape to such a pod is refused).
+    if annotations:
+        metadata["annotations"] = annotations
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
 
 
 def apply_patch(pod: dict, response: dict) -> dict:
@@ -1004,10 +1005,20 @@ def chart_wired_injector(roster: str, versions: list[str]) -> None:
                 validate_strict(patched, [kube], f"Kubernetes {kube} chart-wired patched Pod")
                 # Namespace opt-in: no annotation needed; "false" opts out.
                 for anns, want in (({}, True), ({"roster.dev/inject": "false"}, False)):
-                    resp = inj.review(admission_review(demo_pod(anns), "uid-c2"), "/mutate/namespace")["response"]
-                    check(resp["allowed"] and ("patch" in resp) == want,
-                          f"Kubernetes {kube}: /mutate/namespace with annotations {anns}: "
-                          + ("injected" if want else "left alone"))
+                    pod = demo_pod(anns)
+                    resp = inj.review(admission_review(pod, "uid-c2"), "/mutate/namespace")["response"]
+                    applied = True
+                    if want and "patch" in resp:
+                        # Applied as the API server does: RFC 6902, no implicit parents.
+                        try:
+                            patched = apply_patch(pod, resp)
+                            applied = any(c["name"] == "roster-agent" for c in patched["spec"].get("initContainers", []))
+                        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as e:
+                            applied = False
+                            print(f"    the patch does not apply: {e}")
+                    check(resp["allowed"] and ("patch" in resp) == want and applied,
+                          f"Kubernetes {kube}: /mutate/namespace with annotations {anns or 'none'}: "
+                          + ("injected, the patch applies" if want else "left alone"))
             finally:
                 inj.stop()
             lines = [ln for ln in inj.output().splitlines() if ln.strip()]
