@@ -80,11 +80,7 @@ pub fn registry(default_service: &str) -> Registry {
         unhealthy: config.health_check.unhealthy_threshold,
         healthy: config.health_check.healthy_threshold,
     };
-    Registry::new(
-        policy,
-        thresholds,
-        roster::registry::RuleBook::from_config(&config),
-    )
+    Registry::new(policy, thresholds, config.service_specs())
 }
 
 /// A valid registration of `id` at `address` in the default service.

@@ -566,6 +566,8 @@ pub use agent::{AgentConfig, DiscoveryConfig, ResourceMode};
 pub use args::{AgentSections, ConfigArgs, LbArgs, LbSections, Overlay, Sections};
 pub use duration::{DURATION_UNITS, duration_pattern, duration_schema, parse_duration};
 pub use load_score::LoadScore;
-pub use services::{RouteConfig, ServiceCheckConfig, ServiceConfig, ServiceSettings};
+pub use services::{
+    CheckSpec, RouteConfig, ServiceCheckConfig, ServiceConfig, ServiceSpec, ServiceSpecs,
+};
 pub use tls::{CertPair, TlsConfig};
 pub use upstream_tls::{TlsSetting, UpstreamTls};

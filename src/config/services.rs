@@ -1,6 +1,8 @@
 //! `routes:` and `services:`: which service a request goes to, and each
 //! service's overrides of the LB's defaults.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use schemars::JsonSchema;
@@ -99,6 +101,11 @@ pub struct ServiceConfig {
     /// Retries on other backends (default `lb.retries`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retries: Option<usize>,
+    /// Also replay idempotent requests that failed after reaching a backend
+    /// (default `lb.retry_idempotent`): `false` for a service whose GETs
+    /// are not safe to repeat.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_idempotent: Option<bool>,
     /// What the service's backends speak unless their registration says
     /// (default `lb.upstream_protocol`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -133,29 +140,95 @@ pub struct ServiceCheckConfig {
     pub timeout: Option<Duration>,
 }
 
-/// One service's settings on the request path, defaults applied.
+/// How one service's backends are checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckSpec {
+    /// Path of the JSON vitals on the metrics port.
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// One service, resolved once: every per-service setting with the LB's
+/// defaults applied. The registry's slot holds it and the proxy's pool
+/// reads it through the slot, so a new per-service setting is a field
+/// here, its override in [`ServiceConfig`], and one line in
+/// [`Config::service_spec`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct ServiceSettings {
+pub struct ServiceSpec {
     pub algorithm: Algorithm,
     pub hash_header: String,
     pub retries: usize,
+    /// Replay idempotent requests that failed after reaching a backend.
+    pub retry_idempotent: bool,
     /// Upstream protocol of backends whose registration names none.
     pub protocol: crate::protocol::Protocol,
+    /// Healthy percent below which the service enters panic mode; 0 = off.
+    pub panic_percent: f64,
+    /// How the service's backends are checked.
+    pub check: Arc<CheckSpec>,
+    /// TLS toward the backends, None for plaintext.
+    pub tls: Option<super::UpstreamTls>,
+}
+
+/// Every service's spec: one per `services:` entry, and the defaults for
+/// any other service.
+#[derive(Debug, Clone)]
+pub struct ServiceSpecs {
+    pub default: Arc<ServiceSpec>,
+    pub by_name: HashMap<String, Arc<ServiceSpec>>,
+}
+
+impl ServiceSpecs {
+    /// The spec of `service`.
+    pub fn of(&self, service: &str) -> Arc<ServiceSpec> {
+        Arc::clone(self.by_name.get(service).unwrap_or(&self.default))
+    }
 }
 
 impl Config {
-    /// The request-path settings of `service`.
-    pub fn service_settings(&self, service: &str) -> ServiceSettings {
+    /// The spec of `service`: its `services:` overrides over the LB's
+    /// defaults. The one place a per-service setting is resolved.
+    pub fn service_spec(&self, service: &str) -> ServiceSpec {
         let o = self.services.get(service);
-        ServiceSettings {
+        let hc = &self.health_check;
+        let c = o.map(|o| &o.health_check);
+        ServiceSpec {
             algorithm: o.and_then(|o| o.algorithm).unwrap_or(self.lb.algorithm),
             hash_header: o
                 .and_then(|o| o.hash_header.clone())
                 .unwrap_or_else(|| self.lb.hash_header.clone()),
             retries: o.and_then(|o| o.retries).unwrap_or(self.lb.retries),
+            retry_idempotent: o
+                .and_then(|o| o.retry_idempotent)
+                .unwrap_or(self.lb.retry_idempotent),
             protocol: o
                 .and_then(|o| o.protocol)
                 .unwrap_or(self.lb.upstream_protocol),
+            panic_percent: o
+                .and_then(|o| o.panic_threshold)
+                .unwrap_or(hc.panic_threshold),
+            check: Arc::new(CheckSpec {
+                path: c
+                    .and_then(|c| c.path.clone())
+                    .unwrap_or_else(|| hc.path.clone()),
+                interval: c.and_then(|c| c.interval).unwrap_or(hc.interval),
+                timeout: c.and_then(|c| c.timeout).unwrap_or(hc.timeout),
+            }),
+            tls: o.and_then(|o| o.tls.as_ref()).and_then(|t| t.get()),
+        }
+    }
+
+    /// Every configured service's spec, and the defaults.
+    pub fn service_specs(&self) -> ServiceSpecs {
+        ServiceSpecs {
+            // No `services:` entry can be named "" (the naming rule).
+            default: Arc::new(self.service_spec("")),
+            by_name: self
+                .services
+                .keys()
+                .map(|name| (name.clone(), Arc::new(self.service_spec(name))))
+                .collect(),
         }
     }
 }
@@ -233,16 +306,18 @@ mod tests {
     fn service_overrides_apply_over_defaults() {
         let c: Config = serde_yaml::from_str(
             "lb: {algorithm: least_loaded, retries: 2}\n\
-             services:\n  web: {algorithm: round_robin, panic_threshold: 0, health_check: {path: /v, interval: 1s}}\n",
+             services:\n  web: {algorithm: round_robin, retry_idempotent: false, panic_threshold: 0, health_check: {path: /v, interval: 1s}}\n",
         )
         .unwrap();
         c.validate_lb().unwrap();
-        let web = c.service_settings("web");
+        let web = c.service_spec("web");
         assert_eq!((web.algorithm, web.retries), (Algorithm::RoundRobin, 2));
-        assert_eq!(
-            c.service_settings("other").algorithm,
-            Algorithm::LeastLoaded
+        assert!(!web.retry_idempotent, "the service's own");
+        assert!(
+            c.service_spec("other").retry_idempotent,
+            "lb.retry_idempotent"
         );
+        assert_eq!(c.service_spec("other").algorithm, Algorithm::LeastLoaded);
         let bad: Config =
             serde_yaml::from_str("services:\n  web: {panic_threshold: 101}\n").unwrap();
         let e = bad.validate_lb().unwrap_err().to_string();

@@ -24,8 +24,9 @@ use tokio::sync::mpsc;
 use tokio_util::time::DelayQueue;
 
 use crate::backoff::Backoff;
+use crate::config::CheckSpec;
 use crate::protocol::{BackendState, Vitals};
-use crate::registry::{Change, CheckResult, CheckSpec, Registry, Target};
+use crate::registry::{Change, CheckResult, Registry, Target};
 use crate::telemetry::LbMetrics;
 use lanes::{Class, Lanes};
 
@@ -321,7 +322,7 @@ mod scheduler_tests {
 
     use super::*;
     use crate::protocol::Registration;
-    use crate::registry::{CheckSpec, Policy, RuleBook, ServiceRules, Thresholds};
+    use crate::registry::{Policy, Thresholds};
 
     /// A vitals server on 127.0.0.x counting the checks it answers.
     async fn vitals_server(ip: &str) -> (SocketAddr, Arc<AtomicUsize>) {
@@ -342,17 +343,11 @@ mod scheduler_tests {
 
     fn health(interval: Duration) -> Arc<HealthLoop> {
         let timeout = Duration::from_secs(1);
-        let rules = RuleBook {
-            default: Arc::new(ServiceRules {
-                panic_percent: 0.0,
-                check: Arc::new(CheckSpec {
-                    path: "/metrics".into(),
-                    interval,
-                    timeout,
-                }),
-            }),
-            by_name: Default::default(),
-        };
+        let mut config = crate::config::Config::default();
+        config.health_check.panic_threshold = 0.0;
+        config.health_check.interval = interval;
+        config.health_check.timeout = timeout;
+        let rules = config.service_specs();
         let registry = Arc::new(Registry::new(
             Policy {
                 allowed_networks: vec!["127.0.0.0/8".parse().unwrap()],

@@ -38,7 +38,7 @@ use crate::config::Config;
 use crate::health::{Checker, HealthLoop};
 use crate::limits::{self, ConnTable};
 use crate::protocol::BackendState;
-use crate::registry::{Policy, Registry, RuleBook, Thresholds};
+use crate::registry::{Policy, Registry, Thresholds};
 use crate::telemetry::LbMetrics;
 use pools::Pools;
 use ready::Readiness;
@@ -176,11 +176,7 @@ fn registry_of(config: &Config) -> Result<Registry, Error> {
         unhealthy: hc.unhealthy_threshold,
         healthy: hc.healthy_threshold,
     };
-    Ok(Registry::new(
-        policy,
-        thresholds,
-        RuleBook::from_config(config),
-    ))
+    Ok(Registry::new(policy, thresholds, config.service_specs()))
 }
 
 /// Services kept with a pool even before backends arrive.

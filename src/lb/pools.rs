@@ -12,14 +12,13 @@ use arc_swap::ArcSwap;
 
 use super::select::Selector;
 use super::upstream_tls::{PeerTls, UpstreamTlsError};
-use crate::config::{Config, ServiceSettings};
+use crate::config::{Config, ServiceSpec};
 use crate::registry::{Registry, Slot};
 
 /// A service as the proxy uses it.
 pub struct Pool {
     pub slot: Arc<Slot>,
     pub selector: Selector,
-    pub settings: ServiceSettings,
     /// TLS toward the backends (`services.<name>.tls`), None for plaintext.
     pub tls: Option<Arc<PeerTls>>,
     /// Last published panic state, to log flips once.
@@ -29,6 +28,11 @@ pub struct Pool {
 impl Pool {
     pub fn name(&self) -> &Arc<str> {
         self.slot.name()
+    }
+
+    /// The service's settings, as its slot holds them.
+    pub fn spec(&self) -> &ServiceSpec {
+        self.slot.spec()
     }
 }
 
@@ -55,9 +59,9 @@ impl Pools {
     /// CA files read), or the first that cannot be.
     pub fn new(config: &Config) -> Result<Self, UpstreamTlsError> {
         let mut tls = HashMap::new();
-        for (name, s) in &config.services {
-            if let Some(t) = s.tls.as_ref().and_then(|t| t.get()) {
-                tls.insert(name.clone(), Arc::new(PeerTls::load(name, &t)?));
+        for (name, spec) in &config.service_specs().by_name {
+            if let Some(t) = &spec.tls {
+                tls.insert(name.clone(), Arc::new(PeerTls::load(name, t)?));
             }
         }
         Ok(Self {
@@ -107,13 +111,11 @@ impl Pools {
     }
 
     fn insert(&self, config: &Config, slot: Arc<Slot>) -> Arc<Pool> {
-        let settings = config.service_settings(slot.name());
         let slot_name = Arc::clone(slot.name());
         let pool = Arc::new(Pool {
-            selector: Selector::new(settings.algorithm, Arc::clone(&slot))
+            selector: Selector::new(slot.spec().algorithm, Arc::clone(&slot))
                 .with_load_score(config.lb.load_score),
             slot,
-            settings,
             tls: self.tls.get(&*slot_name).cloned(),
             panic: AtomicBool::new(false),
         });

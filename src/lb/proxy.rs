@@ -182,7 +182,7 @@ impl ProxyHttp for Proxy {
         let routable = pool.slot.routable();
         let selector = &pool.selector;
         let key: Vec<u8> = if selector.uses_key() {
-            hash_key(session, &pool.settings.hash_header)
+            hash_key(session, &pool.spec().hash_header)
         } else {
             Vec::new()
         };
@@ -208,7 +208,7 @@ impl ProxyHttp for Proxy {
 
         let lb = &self.state.config.lb;
         // The backend's own word, else its service's, else the LB's.
-        let protocol = upstream.protocol.unwrap_or(pool.settings.protocol);
+        let protocol = upstream.protocol.unwrap_or(pool.spec().protocol);
         ctx.upstream = Some(InFlight::new(upstream));
         // An HTTP/1.1 upgrade can only be carried over HTTP/1.1.
         let protocol = if ctx.upgrade {
@@ -359,7 +359,7 @@ impl ProxyHttp for Proxy {
             // The request may have had effects, or the client already has
             // part of an answer: never replay it.
             e.set_retry(false);
-        } else if lb.retry_idempotent {
+        } else if ctx.pool.as_ref().is_some_and(|p| p.spec().retry_idempotent) {
             e.set_retry(true);
         } else {
             // pingora's default: retry only a stale reused connection.
@@ -498,7 +498,7 @@ fn attempts(ctx: &Ctx) -> usize {
 
 /// Retries allowed for the request's service.
 fn retries(ctx: &Ctx) -> usize {
-    ctx.pool.as_ref().map_or(0, |p| p.settings.retries)
+    ctx.pool.as_ref().map_or(0, |p| p.spec().retries)
 }
 
 /// Answer with a JSON `{"error": ...}` body ([`ErrorBody::json`]) and

@@ -4,11 +4,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use super::Registry;
 use super::table::Entry;
 use super::verdict::Observation;
+use crate::config::CheckSpec;
 use crate::protocol::{BackendState, Vitals};
 
 /// The outcome of one health check.
@@ -45,15 +46,6 @@ impl CheckResult {
     }
 }
 
-/// How one service's backends are checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckSpec {
-    /// Path of the JSON vitals on the metrics port.
-    pub path: String,
-    pub interval: Duration,
-    pub timeout: Duration,
-}
-
 /// What the health checks should probe next for one entry.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -81,7 +73,7 @@ impl Registry {
             vitals_addr: SocketAddr::new(e.addr.ip(), e.metrics_port),
             failing: if out { e.health.fails } else { 0 },
             checked: e.health.checked,
-            check: Arc::clone(&self.rules.of(&e.service).check),
+            check: Arc::clone(&self.specs.of(&e.service).check),
         }
     }
 

@@ -41,66 +41,15 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, mpsc};
 
-pub use checks::{CheckResult, CheckSpec, Target};
+pub use checks::{CheckResult, Target};
 pub use fence::{Field, Policy, RegisterError, Valid, validate_id, validate_name};
 pub use publish::Slot;
 pub use routable::{LATENCY_HALF_LIFE, Routable, Upstream, digest};
 pub use verdict::{Health, Observation, Thresholds};
 
-use crate::config::{Config, ServiceConfig};
+use crate::config::ServiceSpecs;
 use crate::protocol::{BackendState, RegisterResponse};
 use table::{Entry, Table};
-
-/// Per-service rules the registry applies (from `services:` or defaults).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServiceRules {
-    /// Healthy percent below which the service enters panic mode; 0 = off.
-    pub panic_percent: f64,
-    /// How the service's backends are checked.
-    pub check: Arc<CheckSpec>,
-}
-
-/// Rules by service name, with the defaults for every other service.
-#[derive(Debug, Clone)]
-pub struct RuleBook {
-    pub default: Arc<ServiceRules>,
-    pub by_name: HashMap<String, Arc<ServiceRules>>,
-}
-
-impl RuleBook {
-    /// Every service's rules (panic threshold, checks) from the config,
-    /// the defaults for services it does not name.
-    pub fn from_config(config: &Config) -> Self {
-        let hc = &config.health_check;
-        let rules = |o: Option<&ServiceConfig>| {
-            let c = o.map(|o| &o.health_check);
-            Arc::new(ServiceRules {
-                panic_percent: o
-                    .and_then(|o| o.panic_threshold)
-                    .unwrap_or(hc.panic_threshold),
-                check: Arc::new(CheckSpec {
-                    path: c
-                        .and_then(|c| c.path.clone())
-                        .unwrap_or_else(|| hc.path.clone()),
-                    interval: c.and_then(|c| c.interval).unwrap_or(hc.interval),
-                    timeout: c.and_then(|c| c.timeout).unwrap_or(hc.timeout),
-                }),
-            })
-        };
-        Self {
-            default: rules(None),
-            by_name: config
-                .services
-                .iter()
-                .map(|(name, o)| (name.clone(), rules(Some(o))))
-                .collect(),
-        }
-    }
-
-    pub fn of(&self, service: &str) -> Arc<ServiceRules> {
-        Arc::clone(self.by_name.get(service).unwrap_or(&self.default))
-    }
-}
 
 /// What changed in the registry, for subscribers.
 #[derive(Debug, Clone)]
@@ -140,7 +89,8 @@ pub enum Removal {
 pub struct Registry {
     policy: Policy,
     thresholds: Thresholds,
-    rules: RuleBook,
+    /// Every service's settings, resolved once from the config.
+    specs: ServiceSpecs,
     table: RwLock<Table>,
     slots: RwLock<HashMap<Arc<str>, Arc<Slot>>>,
     /// Services kept (with a slot) even without entries: the default one
@@ -155,11 +105,11 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(policy: Policy, thresholds: Thresholds, rules: RuleBook) -> Self {
+    pub fn new(policy: Policy, thresholds: Thresholds, specs: ServiceSpecs) -> Self {
         let registry = Self {
             policy,
             thresholds,
-            rules,
+            specs,
             table: RwLock::new(Table::default()),
             slots: RwLock::new(HashMap::new()),
             pinned: RwLock::new(HashSet::new()),
@@ -169,7 +119,7 @@ impl Registry {
             next_generation: AtomicU64::new(1),
             last_created: Mutex::new(None),
         };
-        let configured: Vec<String> = registry.rules.by_name.keys().cloned().collect();
+        let configured: Vec<String> = registry.specs.by_name.keys().cloned().collect();
         registry.pin(configured.iter().map(String::as_str));
         registry
     }

@@ -8,13 +8,14 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::{Registry, Routable, ServiceRules};
+use super::{Registry, Routable};
+use crate::config::ServiceSpec;
 
 /// One service as the request path sees it.
 pub struct Slot {
     name: Arc<str>,
     routable: ArcSwap<Routable>,
-    rules: Arc<ServiceRules>,
+    spec: Arc<ServiceSpec>,
 }
 
 impl Slot {
@@ -32,8 +33,10 @@ impl Slot {
         self.routable.load_full()
     }
 
-    pub fn rules(&self) -> &ServiceRules {
-        &self.rules
+    /// The service's settings (`services:` over the defaults), resolved
+    /// once; the proxy's pool reads them here.
+    pub fn spec(&self) -> &Arc<ServiceSpec> {
+        &self.spec
     }
 }
 
@@ -53,7 +56,7 @@ impl Registry {
         // Slots at once, so reads never see a pinned service missing.
         for name in &pinned {
             if self.slot(name).is_none() {
-                self.store(name, self.rules.of(name), Routable::default());
+                self.store(name, self.specs.of(name), Routable::default());
             }
         }
         let mut dirty = self.dirty.lock();
@@ -95,12 +98,12 @@ impl Registry {
     /// its slot, or None when the service has no entries and is not pinned
     /// (its slot is dropped).
     pub fn publish(&self, service: &Arc<str>) -> Option<Arc<Slot>> {
-        let rules = self.rules.of(service);
+        let spec = self.specs.of(service);
         let table = self.table.read();
         let Some(pool) = table.pool(service) else {
             drop(table);
             if self.pinned.read().contains(service) {
-                return Some(self.store(service, rules, Routable::default()));
+                return Some(self.store(service, spec, Routable::default()));
             }
             self.slots.write().remove(service);
             return None;
@@ -113,7 +116,7 @@ impl Registry {
             .filter(|e| e.health.state != crate::protocol::BackendState::Draining)
             .count();
         let healthy = entries().filter(|e| e.routable()).count();
-        let pct = rules.panic_percent;
+        let pct = spec.panic_percent;
         let panic = pct > 0.0 && eligible > 0 && (healthy as f64) * 100.0 < pct * eligible as f64;
         let chosen = entries()
             .filter(|e| {
@@ -126,16 +129,16 @@ impl Registry {
             .map(|e| (Arc::clone(&e.upstream), e.weight))
             .collect();
         drop(table);
-        Some(self.store(service, rules, Routable::build(chosen, panic)))
+        Some(self.store(service, spec, Routable::build(chosen, panic)))
     }
 
-    fn store(&self, service: &Arc<str>, rules: Arc<ServiceRules>, r: Routable) -> Arc<Slot> {
+    fn store(&self, service: &Arc<str>, spec: Arc<ServiceSpec>, r: Routable) -> Arc<Slot> {
         let mut slots = self.slots.write();
         let slot = slots.entry(Arc::clone(service)).or_insert_with(|| {
             Arc::new(Slot {
                 name: Arc::clone(service),
                 routable: ArcSwap::from_pointee(Routable::default()),
-                rules,
+                spec,
             })
         });
         slot.routable.store(Arc::new(r));

@@ -33,18 +33,12 @@ fn reg(id: &str, address: &str) -> Registration {
     }
 }
 
-fn rules(panic_percent: f64) -> RuleBook {
-    RuleBook {
-        default: Arc::new(ServiceRules {
-            panic_percent,
-            check: Arc::new(CheckSpec {
-                path: "/metrics".into(),
-                interval: Duration::from_secs(5),
-                timeout: Duration::from_secs(2),
-            }),
-        }),
-        by_name: Default::default(),
-    }
+/// The specs of a config with this panic threshold (checks: the
+/// defaults, /metrics every 5 s, 2 s timeout).
+fn rules(panic_percent: f64) -> crate::config::ServiceSpecs {
+    let mut c = crate::config::Config::default();
+    c.health_check.panic_threshold = panic_percent;
+    c.service_specs()
 }
 
 /// A registry and the changes it announces.
@@ -473,13 +467,13 @@ fn next_announce_spreads_within_bounds() {
 }
 
 #[test]
-fn the_rule_book_applies_service_overrides_over_defaults() {
+fn service_specs_apply_service_overrides_over_defaults() {
     let c: crate::config::Config = serde_yaml::from_str(
         "health_check: {panic_threshold: 40}\n\
          services:\n  web: {panic_threshold: 0, health_check: {path: /v, interval: 1s}}\n",
     )
     .expect("config");
-    let book = RuleBook::from_config(&c);
+    let book = c.service_specs();
     let w = book.of("web");
     assert_eq!((w.panic_percent, w.check.path.as_str()), (0.0, "/v"));
     assert_eq!(w.check.interval, Duration::from_secs(1));
