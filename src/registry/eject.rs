@@ -58,13 +58,9 @@ impl Registry {
                 e.ejected_until = None;
                 e.eject_reason = None;
                 e.upstream.failures.store(0, Ordering::Relaxed);
-                self.dirty.lock().insert(service);
+                self.mark_dirty(&service);
                 released.push(id);
             }
-        }
-        drop(table);
-        if !released.is_empty() {
-            self.wake.notify_one();
         }
         released
     }

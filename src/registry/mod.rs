@@ -325,12 +325,11 @@ impl Registry {
         for (service, id) in found {
             if table.get(&service, &id).is_some_and(&due) {
                 table.remove(&service, &id);
-                self.dirty.lock().insert(service);
+                self.mark_dirty(&service);
                 gone.push(id);
             }
         }
         drop(table);
-        self.wake.notify_one();
         self.emit_removed();
         gone
     }

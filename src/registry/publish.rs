@@ -59,12 +59,11 @@ impl Registry {
                 self.store(name, self.specs.of(name), Routable::default());
             }
         }
-        let mut dirty = self.dirty.lock();
         let mut old = self.pinned.write();
-        dirty.extend(old.symmetric_difference(&pinned).cloned());
+        for service in old.symmetric_difference(&pinned) {
+            self.mark_dirty(service);
+        }
         *old = pinned;
-        drop(dirty);
-        self.wake.notify_one();
     }
 
     /// Whether `service` has entries or a slot.
