@@ -498,7 +498,7 @@ run_scenarios() {
 
   scenario "force-deleted pod leaves /backends"
   local victim start limit=$((INTERVAL * THRESHOLD + INTERVAL)) took
-  victim=$(k -n "$DEMO" get pods -l app=demo -o jsonpath='{.items[0].metadata.name}')
+  victim=$(k -n "$DEMO" get pods -l app=demo -o go-template='{{range .items}}{{if not .metadata.deletionTimestamp}}{{.metadata.name}}{{"\n"}}{{end}}{{end}}' | sed -n 1p)
   ip=$(k -n "$DEMO" get pod "$victim" -o jsonpath='{.status.podIP}'):3000
   lb=$(lb_pods | sed -n 1p)
   forward "pod/$lb" 8080
@@ -571,7 +571,8 @@ for x in json.load(sys.stdin)["data"]["activeTargets"]:
   k -n "$NS" rollout status deploy/roster-injector --timeout=300s
   k -n "$DEMO" rollout restart deploy/demo
   k -n "$DEMO" rollout status deploy/demo --timeout=300s
-  interval=$(k -n "$DEMO" get pods -l app=demo -o jsonpath='{.items[0].spec.initContainers[?(@.name=="roster-agent")].env[?(@.name=="ROSTER_HEALTH_INTERVAL")].value}')
+  # Every running demo pod (not the old ones still draining).
+  interval=$(k -n "$DEMO" get pods -l app=demo -o go-template='{{range .items}}{{if not .metadata.deletionTimestamp}}{{range .spec.initContainers}}{{if eq .name "roster-agent"}}{{range .env}}{{if eq .name "ROSTER_HEALTH_INTERVAL"}}{{.value}}{{"\n"}}{{end}}{{end}}{{end}}{{end}}{{end}}{{end}}' | sort -u | paste -sd' ' -)
   [ "$interval" = 3s ] || die "after the upgrade new agents got ROSTER_HEALTH_INTERVAL=$interval, not 3s"
   check_every_lb
   pass "LBs rolled with the new config, new agents interval 3s, $LB_COUNT LBs x $POD_COUNT pods; $((SECONDS - t0))s"
@@ -589,7 +590,7 @@ for x in json.load(sys.stdin)["data"]["activeTargets"]:
   scenario "DaemonSet LB with hostNetwork"
   h upgrade roster charts/roster -n "$NS" --reuse-values --set lb.hostPort=0 --set lb.hostNetwork=true --wait --timeout 5m
   k -n "$NS" rollout status ds/roster-lb --timeout=300s
-  [ "$(k -n "$NS" get pods -l app.kubernetes.io/component=lb -o jsonpath='{.items[0].spec.hostNetwork}')" = true ] \
+  [ "$(k -n "$NS" get pod "$(lb_pods | sed -n 1p)" -o jsonpath='{.spec.hostNetwork}')" = true ] \
     || die "the LB pod is not on the host network"
   check_every_lb
   routed_hn() { [ "$(c -s -o /dev/null -w '%{http_code}' --max-time 3 "http://$NODE_IP:8000/")" = 200 ]; }
