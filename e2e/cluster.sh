@@ -156,6 +156,10 @@ down() {
     find "$h$CGROUP_ROOT" -depth -type d -exec rmdir {} + 2>/dev/null || true
     [ ! -d "$h$CGROUP_ROOT" ] || say "cgroup left: $h$CGROUP_ROOT"
   done
+  # containerd 1.6 puts its shims' sockets in /run/containerd/s whatever the
+  # config says: remove the dirs it made there once they are empty.
+  rmdir /run/containerd/s /run/containerd/fifo /run/containerd/runc/k8s.io /run/containerd/runc \
+    /run/containerd 2>/dev/null || true
   if ip netns list 2>/dev/null | grep -qw "^$NETNS"; then
     ip netns delete "$NETNS"
   fi
