@@ -4,7 +4,7 @@ CARGO ?= cargo
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 IMAGE ?= roster:$(VERSION)
 
-.PHONY: all build release test test-rust test-kit test-ui lint fmt setup demo run-lb bench soak fuzz e2e image image-push manifests schema clean
+.PHONY: all build release test test-rust test-kit test-ui lint fmt setup demo run-lb bench soak fuzz e2e image image-push manifests schema docs clean
 
 all: build
 
@@ -26,6 +26,8 @@ lint:
 	$(CARGO) machete
 	python3 scripts/check-size.py
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
+	@$(CARGO) run --quiet --bin roster -- docs config | diff -u docs/configuration.md - \
+		|| { echo "docs/configuration.md is stale: run make docs"; exit 1; }
 
 test-rust:
 	$(CARGO) test --all-targets
@@ -71,6 +73,12 @@ fuzz:
 schema: build
 	./target/debug/roster schema --helm > charts/roster/values.schema.json
 	@echo "wrote charts/roster/values.schema.json"
+
+## docs/configuration.md, generated from the config types and the CLI (`roster docs config`);
+## `make lint` and a unit test fail when it is stale.
+docs: build
+	./target/debug/roster docs config > docs/configuration.md
+	@echo "wrote docs/configuration.md"
 
 ## manifests/ for `kubectl apply -k manifests/`, rendered from the chart (never edit by hand).
 manifests: schema

@@ -22,6 +22,8 @@ pub mod backoff;
 pub mod config;
 /// `roster demo` and `roster demo-backend`: roster on one machine.
 pub mod demo;
+/// `roster docs config`: the configuration reference, from the code.
+pub mod docs;
 /// Outgoing HTTP: clients with shared bounds, a bounded JSON GET.
 pub mod fetch;
 /// Vitals health checks from one timer queue.
@@ -30,6 +32,7 @@ pub mod health;
 pub mod helm;
 /// `roster inject`: the sidecar-injecting admission webhook.
 pub mod inject;
+pub mod label;
 /// `roster lb`: pingora proxy, selection, control API.
 pub mod lb;
 /// Per-listener bounds: head/body/idle timeouts, connection caps, shedding.

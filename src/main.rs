@@ -1,7 +1,7 @@
 //! The `roster` binary: one image, every role. Glue only.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use roster::config::{Config, LbArgs};
 use roster::current_thread;
@@ -33,6 +33,10 @@ enum Command {
     Inject(Box<roster::inject::InjectArgs>),
     /// Print the JSON Schema of the config file (or of the Helm chart's values).
     Schema(SchemaArgs),
+    /// Print documentation generated from the code: `roster docs config` is
+    /// docs/configuration.md (every key, flag, env var and default).
+    #[command(subcommand)]
+    Docs(DocsCommand),
     /// Sleep, then exit 0: an exec preStop hook for images without a shell
     /// (Kubernetes 1.29 has no `sleep` lifecycle action).
     Sleep(SleepArgs),
@@ -62,6 +66,12 @@ struct SchemaArgs {
     /// Print the Helm chart's values.schema.json instead (`config:` is the config file's schema).
     #[arg(long)]
     helm: bool,
+}
+
+#[derive(Subcommand)]
+enum DocsCommand {
+    /// The configuration reference (docs/configuration.md) as Markdown.
+    Config,
 }
 
 // mimalloc: under glibc malloc, pingora's per-request allocations cost ~14%
@@ -132,12 +142,43 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(roster::inject::run(*args))
                 .context("roster inject")?;
         }
-        Command::Schema(args) if args.helm => print!("{}", roster::helm::values_schema()),
-        Command::Sleep(_) => {}
-        Command::Schema(_) => {
-            let schema = schemars::schema_for!(Config);
-            println!("{}", serde_json::to_string_pretty(&schema)?);
+        Command::Schema(args) => print!("{}", schema(&args)?),
+        Command::Docs(DocsCommand::Config) => {
+            print!("{}", roster::docs::configuration(&Cli::command()));
         }
+        Command::Sleep(_) => {}
     }
     Ok(())
+}
+
+/// `roster schema [--helm]`.
+fn schema(args: &SchemaArgs) -> anyhow::Result<String> {
+    if args.helm {
+        return Ok(roster::helm::values_schema());
+    }
+    let schema = schemars::schema_for!(Config);
+    Ok(format!("{}\n", serde_json::to_string_pretty(&schema)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_configuration_reference_is_fresh() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == roster::docs::configuration(&Cli::command()),
+            "{path} is stale: run `make docs`"
+        );
+    }
+
+    #[test]
+    fn every_dotted_option_is_a_config_key() {
+        assert_eq!(
+            roster::docs::unmatched(&Cli::command()),
+            Vec::<String>::new()
+        );
+    }
 }
