@@ -5,7 +5,7 @@
 # ready:false), config reloads and a hang-up storm every minute. The LB's
 # RSS, fds, threads and /telemetry series are sampled every minute; PASS when
 # each is flat after warm-up and no request failed outside the injected
-# faults (the rule: bench/soak.py's docstring and README "Soak").
+# faults (the rule: bench/soak.py's docstring and docs/soak.md).
 #
 # The driver is bench/soak.py (python-h2 in .venv for h2c); the backends are
 # examples/benchfarm.rs (`serve --vitals-on-apps`, faults via POST /fault).

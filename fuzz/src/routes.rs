@@ -64,9 +64,10 @@ fn rule(line: &str) -> RouteConfig {
     }
 }
 
-/// The README's rules, read plainly: a rule whose host and path prefix
-/// match; the most specific host wins (exact, then the longest wildcard
-/// suffix, then none), then the longest prefix; else the default.
+/// The rules of docs/services-and-routing.md, read plainly: a rule whose
+/// host and path prefix match; the most specific host wins (exact, then the
+/// longest wildcard suffix, then none), then the longest prefix; else the
+/// default.
 fn expected<'a>(
     rules: &'a [RouteConfig],
     default: &'a str,

@@ -220,7 +220,7 @@ pub struct LbConfig {
     /// How `least_loaded` scores a backend: weights of this LB's in-flight
     /// requests, the backend's reported load and its GPU usage, e.g.
     /// `in_flight=4,reported=1,gpu=0.5,latency=3` (the score is
-    /// `(load + 1) × max(1, ewma / (2 × fastest)) ^ latency`, see the README).
+    /// `(load + 1) × max(1, ewma / (2 × fastest)) ^ latency`, see docs/load-balancer.md).
     #[arg(
         id = "lb.load_score",
         required = false,
