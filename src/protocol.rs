@@ -44,9 +44,12 @@ pub struct Registration {
     Deserialize,
     JsonSchema,
     clap::ValueEnum,
+    strum::IntoStaticStr,
+    strum::VariantArray,
 )]
 #[serde(rename_all = "snake_case")]
 #[value(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Protocol {
     /// HTTP/1.1 (upgrades such as WebSocket pass through).
     #[default]
@@ -56,16 +59,6 @@ pub enum Protocol {
     /// HTTP/2 when the backend offers it over TLS (ALPN), else HTTP/1.1;
     /// on a plaintext backend, HTTP/1.1 (cleartext has no negotiation).
     Auto,
-}
-
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Http1 => "http1",
-            Self::H2c => "h2c",
-            Self::Auto => "auto",
-        }
-    }
 }
 
 fn default_weight() -> u32 {
@@ -94,9 +87,23 @@ pub struct RegisterResponse {
     pub next_announce_seconds: u64,
 }
 
-/// Where a registered backend stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+/// Where a registered backend stands; its text (metrics, the status
+/// table) is its serde name.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum BackendState {
     /// Passes its checks and receives traffic.
     Healthy,
@@ -106,26 +113,6 @@ pub enum BackendState {
     NotReady,
     /// Deregistering; never receives new traffic.
     Draining,
-}
-
-impl BackendState {
-    /// Label value used in metrics and the status table.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Healthy => "healthy",
-            Self::Unhealthy => "unhealthy",
-            Self::NotReady => "not_ready",
-            Self::Draining => "draining",
-        }
-    }
-
-    /// Every state, for metrics that report zero counts too.
-    pub const ALL: [BackendState; 4] = [
-        Self::Healthy,
-        Self::Unhealthy,
-        Self::NotReady,
-        Self::Draining,
-    ];
 }
 
 /// The JSON vitals served on `GET /metrics` by every backend's vitals port.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use crate::label::Label;
 use crate::protocol::{EntryView, RegistryView};
 
 #[derive(Debug, Clone, Args)]

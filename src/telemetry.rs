@@ -5,7 +5,9 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::label::Label;
 use std::sync::OnceLock;
+use strum::VariantArray;
 
 pub mod json;
 
@@ -141,83 +143,62 @@ impl LbMetrics {
     }
 }
 
-/// A label's values as an enum: `as_str()` is the series' text, `ALL`
-/// every value (for series that should exist before their first count).
-/// One place per label, so a typo cannot start a new series.
-macro_rules! label_values {
-    ($(#[$m:meta])* $vis:vis enum $name:ident { $($(#[$vm:meta])* $v:ident => $s:literal),+ $(,)? }) => {
-        $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        $vis enum $name { $($(#[$vm])* $v),+ }
-
-        impl $name {
-            /// Every value.
-            pub const ALL: &'static [Self] = &[$(Self::$v),+];
-
-            /// The label's text.
-            pub fn as_str(self) -> &'static str {
-                match self { $(Self::$v => $s),+ }
-            }
-        }
-    };
-}
-pub(crate) use label_values;
-
-label_values! {
-    /// `roster_lb_registrations_total{result}`: how a `POST /register` ended.
-    pub enum RegistrationResult {
-        Created => "created",
-        Renewed => "renewed",
-        RateLimited => "rate_limited",
-        Unauthorized => "unauthorized",
-        Forbidden => "forbidden",
-        /// `registration.max_backends` reached.
-        Full => "full",
-        /// The Kubernetes API did not answer a `kubernetes_auth` review.
-        Unavailable => "unavailable",
-        Invalid => "invalid",
-    }
+/// `roster_lb_registrations_total{result}`: how a `POST /register` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
+pub enum RegistrationResult {
+    Created,
+    Renewed,
+    RateLimited,
+    Unauthorized,
+    Forbidden,
+    /// `registration.max_backends` reached.
+    Full,
+    /// The Kubernetes API did not answer a `kubernetes_auth` review.
+    Unavailable,
+    Invalid,
 }
 
-label_values! {
-    /// `roster_lb_deregistrations_total{reason}`.
-    pub enum DeregistrationReason {
-        /// `DELETE /register/{id}`.
-        Deleted => "deleted",
-        /// The lease ran out.
-        Expired => "expired",
-    }
+/// `roster_lb_deregistrations_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
+pub enum DeregistrationReason {
+    /// `DELETE /register/{id}`.
+    Deleted,
+    /// The lease ran out.
+    Expired,
 }
 
-label_values! {
-    /// `roster_lb_ejections_total{reason}`: what live traffic saw fail.
-    pub enum EjectionReason {
-        Connect => "connect",
-        Reset => "reset",
-        ServerError => "5xx",
-        /// gRPC UNAVAILABLE or RESOURCE_EXHAUSTED.
-        Grpc => "grpc",
-    }
+/// `roster_lb_ejections_total{reason}`: what live traffic saw fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
+pub enum EjectionReason {
+    Connect,
+    Reset,
+    #[strum(serialize = "5xx")]
+    ServerError,
+    /// gRPC UNAVAILABLE or RESOURCE_EXHAUSTED.
+    Grpc,
 }
 
-label_values! {
-    /// `roster_lb_config_reloads_total{result}`.
-    pub enum ReloadResult {
-        Ok => "ok",
-        /// The new file was invalid; the routes in force stay.
-        Refused => "refused",
-    }
+/// `roster_lb_config_reloads_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
+pub enum ReloadResult {
+    Ok,
+    /// The new file was invalid; the routes in force stay.
+    Refused,
 }
 
-label_values! {
-    /// `roster_lb_connections_shed_total{reason}`: which limit closed it.
-    pub enum ShedReason {
-        HeaderTimeout => "header_timeout",
-        IdleTimeout => "idle_timeout",
-        WriteTimeout => "write_timeout",
-        Evicted => "evicted",
-        Refused => "refused",
-    }
+/// `roster_lb_connections_shed_total{reason}`: which limit closed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
+pub enum ShedReason {
+    HeaderTimeout,
+    IdleTimeout,
+    WriteTimeout,
+    Evicted,
+    Refused,
 }
 
 /// A family's name and help text.
@@ -340,12 +321,18 @@ pub fn encode(registry: &Registry) -> String {
 }
 
 /// The `code_class` label of `roster_lb_requests_total` and friends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub enum CodeClass {
+    #[strum(serialize = "1xx")]
     Informational,
+    #[strum(serialize = "2xx")]
     Success,
+    #[strum(serialize = "3xx")]
     Redirect,
+    #[strum(serialize = "4xx")]
     ClientError,
+    #[strum(serialize = "5xx")]
     ServerError,
     /// No answer, or the backend broke its answer after the header.
     Error,
@@ -354,33 +341,11 @@ pub enum CodeClass {
 }
 
 impl CodeClass {
-    const ALL: [Self; 7] = [
-        Self::Informational,
-        Self::Success,
-        Self::Redirect,
-        Self::ClientError,
-        Self::ServerError,
-        Self::Error,
-        Self::Aborted,
-    ];
-
     /// `2xx`, `4xx`... for a status code; `error` when none was sent.
     pub fn of(status: u16) -> Self {
         match status {
-            100..=599 => Self::ALL[usize::from(status / 100 - 1)],
+            100..=599 => Self::VARIANTS[usize::from(status / 100 - 1)],
             _ => Self::Error,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Informational => "1xx",
-            Self::Success => "2xx",
-            Self::Redirect => "3xx",
-            Self::ClientError => "4xx",
-            Self::ServerError => "5xx",
-            Self::Error => "error",
-            Self::Aborted => "aborted",
         }
     }
 }
@@ -407,7 +372,7 @@ impl BackendRequests {
     /// Drop every series of `backend` (it left the registry), so the
     /// scrape is bounded by the live pool.
     pub fn forget(vec: &IntCounterVec, service: &str, backend: &str) {
-        for class in CodeClass::ALL {
+        for class in CodeClass::VARIANTS {
             let _ = vec.remove_label_values(&[service, backend, class.as_str()]);
         }
     }

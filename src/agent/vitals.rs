@@ -24,7 +24,9 @@ use super::Shared;
 use super::layer::CounterSnapshot;
 use super::probe::AppVitals;
 use super::resources::Resources;
+use crate::label::Label;
 use crate::protocol::Vitals;
+use strum::VariantArray;
 
 /// Everything the vitals are made of.
 #[derive(Debug, Clone)]
@@ -127,14 +129,14 @@ fn build_info(version: &str) -> IntGaugeVec {
     build
 }
 
-crate::telemetry::label_values! {
-    /// `roster_agent_announces_total{result}`: how one `POST /register` ended.
-    pub(crate) enum AnnounceResult {
-        Ok => "ok",
-        Error => "error",
-        /// The LB answered 429/503 with `Retry-After`.
-        Throttled => "throttled",
-    }
+/// `roster_agent_announces_total{result}`: how one `POST /register` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
+pub(crate) enum AnnounceResult {
+    Ok,
+    Error,
+    /// The LB answered 429/503 with `Retry-After`.
+    Throttled,
 }
 
 /// `roster_agent_announces_total{result}`, every result present from the start.
@@ -147,7 +149,7 @@ fn announces_total() -> IntCounterVec {
         &["result"],
     )
     .expect("metric");
-    for r in AnnounceResult::ALL {
+    for r in AnnounceResult::VARIANTS {
         announces.with_label_values(&[r.as_str()]);
     }
     announces

@@ -25,6 +25,7 @@ use tokio_util::time::DelayQueue;
 
 use crate::backoff::Backoff;
 use crate::config::CheckSpec;
+use crate::label::Label;
 use crate::protocol::{BackendState, Vitals};
 use crate::registry::{Change, CheckResult, Registry, Target};
 use crate::telemetry::LbMetrics;

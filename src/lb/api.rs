@@ -33,6 +33,7 @@ use serde::de::DeserializeOwned;
 
 use super::State;
 use super::auth::AuthError;
+use crate::label::Label;
 use crate::protocol::Registration;
 use crate::registry::{Outcome, RegisterError, Removal};
 use crate::telemetry::{DeregistrationReason, RegistrationResult};

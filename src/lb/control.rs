@@ -17,6 +17,7 @@ use super::routes::RouteTable;
 use super::tls::CertStore;
 use super::upgrade::Upgrades;
 use crate::config::{self, Config, Source};
+use crate::label::Label;
 use crate::registry::Change;
 use crate::signals::Stop;
 use crate::telemetry::{BackendRequests, DeregistrationReason, ReloadResult};

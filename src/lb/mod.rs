@@ -36,6 +36,7 @@ use pingora::services::background::background_service;
 use crate::Error;
 use crate::config::Config;
 use crate::health::{Checker, HealthLoop};
+use crate::label::Label;
 use crate::limits::{self, ConnTable};
 use crate::protocol::BackendState;
 use crate::registry::{Policy, Registry, Thresholds};
@@ -43,6 +44,7 @@ use crate::telemetry::LbMetrics;
 use pools::Pools;
 use ready::Readiness;
 use routes::RouteTable;
+use strum::VariantArray;
 
 /// Everything the LB shares between the proxy, the API and background tasks.
 pub struct State {
@@ -127,7 +129,7 @@ impl State {
         let names: std::collections::BTreeSet<Arc<str>> = services
             .chain(counts.keys().map(|(s, _)| Arc::clone(s)))
             .collect();
-        for s in BackendState::ALL {
+        for &s in BackendState::VARIANTS {
             let mut total = 0;
             for name in &names {
                 let n = counts.get(&(Arc::clone(name), s)).copied().unwrap_or(0);

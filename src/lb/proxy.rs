@@ -18,6 +18,7 @@ use super::pools::Pool;
 use super::routes::host_of;
 use super::upgrade::{Listed, Upgrades};
 use super::{State, peer};
+use crate::label::Label;
 use crate::protocol::{ErrorBody, Protocol};
 use crate::registry::Upstream;
 use crate::telemetry::{CodeClass, EjectionReason};

@@ -7,28 +7,18 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::label::Label;
 use crate::protocol::{MAX_WEIGHT, Registration};
 
 /// A registration field, named in every refusal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub enum Field {
     Id,
     Service,
     Address,
     MetricsPort,
     Weight,
-}
-
-impl Field {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Id => "id",
-            Self::Service => "service",
-            Self::Address => "address",
-            Self::MetricsPort => "metrics_port",
-            Self::Weight => "weight",
-        }
-    }
 }
 
 /// Why a registration was refused; each maps to one HTTP status.

@@ -15,18 +15,19 @@ pub struct Thresholds {
     pub healthy: u32,
 }
 
-crate::telemetry::label_values! {
-    /// What one check saw; also `roster_lb_health_checks_total{result}`.
-    pub enum Observation {
-        /// 2xx with vitals saying `"ready": true`.
-        Ready => "ready",
-        /// 2xx with vitals saying `"ready": false`.
-        NotReady => "not_ready",
-        /// Unreachable, timeout, non-2xx or bad JSON.
-        Failed => "failed",
-        /// The vitals carry another id: this address is someone else now.
-        Stranger => "id_mismatch",
-    }
+/// What one check saw; also `roster_lb_health_checks_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
+pub enum Observation {
+    /// 2xx with vitals saying `"ready": true`.
+    Ready,
+    /// 2xx with vitals saying `"ready": false`.
+    NotReady,
+    /// Unreachable, timeout, non-2xx or bad JSON.
+    Failed,
+    /// The vitals carry another id: this address is someone else now.
+    #[strum(serialize = "id_mismatch")]
+    Stranger,
 }
 
 /// The health half of an entry.
