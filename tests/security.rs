@@ -6,7 +6,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Json;
@@ -373,8 +373,15 @@ async fn hostile_bodies_never_hurt() {
     assert_eq!(r.status(), 200);
 }
 
-/// A fake Kubernetes API: TokenReview and Pod GET, counting reviews.
-async fn fake_kube_api(ip: &str, pod_ip: &str, reviews: Arc<AtomicU64>) -> Arc<common::Server> {
+/// A fake Kubernetes API: TokenReview and Pod GET, counting reviews. The
+/// pod shows no IP while `ip_reported` is false (the kubelet has not
+/// reported it yet).
+async fn fake_kube_api(
+    ip: &str,
+    pod_ip: &str,
+    reviews: Arc<AtomicU64>,
+    ip_reported: Arc<AtomicBool>,
+) -> Arc<common::Server> {
     let pod_ip = pod_ip.to_string();
     let router = Router::new()
         .route(
@@ -402,10 +409,16 @@ async fn fake_kube_api(ip: &str, pod_ip: &str, reviews: Arc<AtomicU64>) -> Arc<c
             "/api/v1/namespaces/shop/pods/pod-a",
             get(move || {
                 let pod_ip = pod_ip.clone();
+                let hidden = !ip_reported.load(Ordering::Relaxed);
                 async move {
+                    let status = if hidden {
+                        json!({"phase": "Pending"})
+                    } else {
+                        json!({"podIP": pod_ip, "podIPs": [{"ip": pod_ip}]})
+                    };
                     Json(json!({"apiVersion": "v1", "kind": "Pod",
                                 "metadata": {"name": "pod-a", "namespace": "shop", "uid": "uid-a"},
-                                "status": {"podIP": pod_ip, "podIPs": [{"ip": pod_ip}]}}))
+                                "status": status}))
                 }
             }),
         );
@@ -415,7 +428,8 @@ async fn fake_kube_api(ip: &str, pod_ip: &str, reviews: Arc<AtomicU64>) -> Arc<c
 #[tokio::test(flavor = "multi_thread")]
 async fn kubernetes_auth_via_token_review() {
     let reviews = Arc::new(AtomicU64::new(0));
-    let api = fake_kube_api("127.0.12.9", "127.0.12.2", Arc::clone(&reviews)).await;
+    let reported = Arc::new(AtomicBool::new(true));
+    let api = fake_kube_api("127.0.12.9", "127.0.12.2", Arc::clone(&reviews), reported).await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(
@@ -479,4 +493,55 @@ async fn kubernetes_auth_via_token_review() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
+}
+
+/// Found on a real cluster (`make e2e`): a native-sidecar agent announces
+/// before the kubelet has reported the pod's IP. That first answer must not
+/// be cached, or the pod is refused for the cache's minute.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubernetes_auth_pod_ip_reported_late() {
+    let reviews = Arc::new(AtomicU64::new(0));
+    let reported = Arc::new(AtomicBool::new(false));
+    let api = fake_kube_api(
+        "127.0.12.19",
+        "127.0.12.12",
+        Arc::clone(&reviews),
+        Arc::clone(&reported),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+             clusters: [{{name: fake, cluster: {{server: \"http://{}\"}}}}]\n\
+             users: [{{name: u, user: {{token: lb-sa-token}}}}]\n\
+             contexts: [{{name: c, context: {{cluster: fake, user: u}}}}]\n",
+            api.addr
+        ),
+    )
+    .unwrap();
+    let lb = Lb::start_with(
+        "127.0.12.11",
+        &["--kubernetes-auth"],
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+        None,
+    )
+    .await;
+    let a = Backend::start("pod-a", "127.0.12.12").await;
+    let body = reg_body("pod-a", a.addr(), a.metrics_port());
+    for _ in 0..2 {
+        let r = post_register(&lb, &body, Some("pod-a-token")).await;
+        assert_eq!(r.status(), 403, "no pod IP reported yet");
+    }
+    reported.store(true, Ordering::Relaxed);
+    assert_eq!(
+        post_register(&lb, &body, Some("pod-a-token"))
+            .await
+            .status(),
+        201,
+        "the IP reported since is seen at once, not after the cache's TTL"
+    );
+    lb.wait_backends(&[a.addr()], Duration::from_secs(5)).await;
 }

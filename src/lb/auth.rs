@@ -248,6 +248,10 @@ impl KubeAuth {
             return verdict.map_err(AuthError::Denied);
         }
         let verdict = match self.review(token).await {
+            // No IP reported for the pod yet: a native-sidecar agent announces
+            // before the kubelet has written status.podIP. Not a verdict: the
+            // next call asks again instead of being refused for the TTL.
+            Ok(v) if v.ips.is_empty() => return Ok(v),
             Ok(v) => Ok(v),
             Err(AuthError::Denied(d)) => Err(d),
             // API trouble is not the agent's fault and is not cached.
