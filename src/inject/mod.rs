@@ -116,10 +116,11 @@ pub struct InjectArgs {
     /// The agents' log format: text or json (ROSTER_LOG_FORMAT on the agent).
     #[arg(long, env = "ROSTER_AGENT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub agent_log_format: String,
-    /// How long agents drain, and apps keep serving, once a pod terminates
-    /// (default: the agent's `agent.drain_period`, 10s; the chart sets 15s).
-    #[arg(long, env = agent_env::DRAIN_PERIOD, value_parser = parse_duration)]
-    pub drain_period: Option<Duration>,
+    /// How long agents drain, and apps keep serving, once a pod terminates.
+    /// Longer than a standalone agent's 10s default: in a cluster the drain
+    /// also covers EndpointSlice propagation and the app's preStop sleep.
+    #[arg(long, env = agent_env::DRAIN_PERIOD, default_value = "15s", value_parser = parse_duration)]
+    pub drain_period: Duration,
     /// Give app containers without a preStop hook `preStop: sleep` for the drain period (k8s ≥ 1.30).
     #[arg(long, env = "ROSTER_APP_PRE_STOP_SLEEP", default_value_t = true, action = ArgAction::Set)]
     pub app_pre_stop_sleep: bool,
@@ -176,7 +177,7 @@ impl InjectArgs {
             });
         }
         let agent = crate::config::Config::default();
-        let drain_period = self.drain_period.unwrap_or(agent.agent.drain_period);
+        let drain_period = self.drain_period;
         if drain_period.is_zero() {
             return Err(ConfigError::Invalid {
                 field: "--drain-period",
