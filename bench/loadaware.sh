@@ -44,15 +44,8 @@ log() { printf '[bench p7] %s\n' "$*" >&2; }
 PIDS=()
 cleanup() { local p; for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
-listening() { # PORT PID
-  local i
-  for i in $(seq 150); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    kill -0 "$2" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
+# shellcheck source=bench/common.sh
+. bench/common.sh
 stop() { # PID [SIGNAL]: INT stops roster and nginx at once; HAProxy wants TERM
   local i
   kill "-${2:-INT}" "$1" 2>/dev/null || return 0

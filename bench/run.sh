@@ -155,17 +155,8 @@ stop() {
   for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
   kill -KILL "$pid" 2>/dev/null || true
 }
-# listening PORT [PID]: true once 127.0.0.1:PORT accepts (waits up to 15s,
-# or until PID has exited).
-listening() {
-  local i
-  for i in $(seq 150); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    [ -z "${2:-}" ] || kill -0 "$2" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
+# shellcheck source=bench/common.sh
+. bench/common.sh
 wait_port() {
   local port=$1 name=$2
   listening "$port" && return 0

@@ -75,17 +75,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# listening PORT PID: true once 127.0.0.1:PORT accepts (15 s at most, or
-# until PID has exited).
-listening() {
-  local i
-  for i in $(seq 150); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    kill -0 "$2" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
+# shellcheck source=bench/common.sh
+. bench/common.sh
 
 # ---------------------------------------------------------------- the farm
 # Backend i listens on 127.10.0.(i+1):P_APP, its vitals on the same IP at

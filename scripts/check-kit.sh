@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh kit
 # The end-to-end and soak scripts (`make e2e`, `make soak`; not part of `make test`): sound shell.
-shellcheck e2e/e2e.sh e2e/cluster.sh e2e/build-tools.sh scripts/check-kit.sh scripts/setup.sh bench/soak.sh
+shellcheck -x e2e/e2e.sh e2e/cluster.sh e2e/build-tools.sh scripts/check-kit.sh scripts/setup.sh bench/soak.sh
 CARGO=${CARGO:-cargo}
 $CARGO build --quiet --bin roster
 exec timeout 300 .venv/bin/python scripts/kit.py check --roster target/debug/roster
